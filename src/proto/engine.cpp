@@ -152,8 +152,8 @@ void Engine::on_recv_complete() {
   case Recv::greeting: on_greeting(); break;
   case Recv::oldstyle_rest: {
     auto b = decode_oldstyle_rest(header_);
-    info_.size = b.size;
-    info_.eflags = b.eflags;
+    pending_info_.size = b.size;
+    pending_info_.eflags = b.eflags;
     oldstyle_ = true;
     enter_transmission();
     break;
@@ -297,9 +297,7 @@ void Engine::begin_go(const Settings& s, Step step) {
 
 void Engine::enter_transmission() {
   info_ = pending_info_;
-  if (oldstyle_) {
-    info_.size = pending_info_.size ? pending_info_.size : info_.size;
-  }
+  info_known_ = true;
   step_ = Step::none;
   bool from_option_mode = phase_ == Phase::option_busy;
   phase_ = Phase::transmission;
@@ -406,6 +404,7 @@ void Engine::on_option_reply() {
                                        " without NBD_INFO_EXPORT");
       if (step_ == Step::go) return enter_transmission();
       info_ = pending_info_;
+      info_known_ = true;
       return finish_option(0, {});
     default: break;
     }
@@ -599,6 +598,26 @@ void Engine::disconnect() {
       encode_request(disc_header_, {0, cmd_disc, 0, 0, 0}, extended_));
   disc_sent_ = 0;
   check_disconnected();
+}
+
+void Engine::abandon_unsent(int err) {
+  // The head may be partly on the wire already; it has to go out whole.
+  std::uint32_t keep = head_sent_ > 0 ? send_head_ : none;
+  std::uint32_t i = keep == none ? send_head_ : slots_[keep].next;
+  while (i != none) {
+    std::uint32_t next = slots_[i].next;
+    slots_[i].next = none;
+    slots_[i].state = SlotState::in_flight; // never sent, so nothing to wait for
+    set_error(slots_[i], err);
+    complete(i);
+    i = next;
+  }
+  if (keep == none) {
+    send_head_ = send_tail_ = none;
+  } else {
+    slots_[keep].next = none;
+    send_tail_ = keep;
+  }
 }
 
 void Engine::check_disconnected() {

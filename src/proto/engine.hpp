@@ -156,6 +156,9 @@ public:
   /// Queues NBD_CMD_DISC after everything already queued: no new commands;
   /// once it is sent and every reply is in, the engine is closed.
   void disconnect();
+  /// Completes every command the transport has not started sending with
+  /// err (shutdown with SHUTDOWN_ABANDON_PENDING).
+  void abandon_unsent(int err);
   /// Releases a completed command's slot and cookie.
   void retire(std::uint32_t slot);
   /// Commands queued or awaiting replies (not yet completed).
@@ -169,6 +172,8 @@ public:
 
   // --- what negotiation learned --------------------------------------------------
   const ExportInfo& info() const { return info_; }
+  /// True once GO, INFO, EXPORT_NAME or an oldstyle greeting described the export.
+  bool info_known() const { return info_known_; }
   bool structured_replies() const { return structured_; }
   bool extended_headers() const { return extended_; }
   const std::vector<MetaContext>& meta_contexts() const { return contexts_; }
@@ -306,6 +311,7 @@ private:
 
   // negotiated
   ExportInfo info_;
+  bool info_known_ = false;
   bool oldstyle_ = false;
   bool structured_ = false;
   bool extended_ = false;

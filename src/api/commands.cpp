@@ -1,0 +1,393 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// Commands: argument and strict-mode checks in libnbd's order, cookies,
+// aio_* and their blocking forms.
+
+#include "api/handle_impl.hpp"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <limits>
+
+namespace nbd {
+
+namespace {
+
+// libnbd's limit on one read or write payload.
+constexpr std::uint64_t max_request_size = 64 * 1024 * 1024;
+
+// The flags each command accepts (libnbd's permitted flags per call).
+std::uint32_t permitted_flags(std::uint16_t type, bool structured_read) {
+  switch (type) {
+  case wire::cmd_read: return structured_read ? CMD_FLAG_DF : 0;
+  case wire::cmd_write: return CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN;
+  case wire::cmd_flush: return 0;
+  case wire::cmd_trim: return CMD_FLAG_FUA;
+  case wire::cmd_cache: return 0;
+  case wire::cmd_write_zeroes: return CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO;
+  case wire::cmd_block_status: return CMD_FLAG_REQ_ONE | CMD_FLAG_PAYLOAD_LEN;
+  default: return 0;
+  }
+}
+
+// For a request out of bounds libnbd reports ENOSPC on commands that write
+// (as a local disk would) and EINVAL on the others.
+int bounds_errno(std::uint16_t type) {
+  return (type == wire::cmd_write || type == wire::cmd_write_zeroes) ? ENOSPC : EINVAL;
+}
+
+} // namespace
+
+void Handle::Impl::check_command(const char* fn, proto::CommandSpec& spec,
+                                 bool structured_read_call) const {
+  require_transmission(fn);
+  const auto& info = engine.info();
+  const std::uint16_t type = spec.type;
+  std::uint32_t flags = spec.flags;
+  const bool structured_read = type == wire::cmd_read && structured_read_call;
+
+  // Flags outside the mask are always an error: they cannot go on the wire.
+  if (flags & ~CMD_FLAG_MASK) fail(EINVAL, fn, fmt::format("invalid value for flags: {:#x}", flags));
+
+  // STRICT_COMMANDS: commands the server did not advertise.
+  if (strict & STRICT_COMMANDS) {
+    auto has = [&](std::uint16_t f) { return (info.eflags & f) != 0; };
+    switch (type) {
+    case wire::cmd_write:
+      if (has(wire::tflag_read_only)) fail(EPERM, fn, "server does not support write operations");
+      break;
+    case wire::cmd_flush:
+      if (!has(wire::tflag_send_flush)) fail(EINVAL, fn, "server does not support flush operations");
+      break;
+    case wire::cmd_trim:
+      if (!has(wire::tflag_send_trim)) fail(EINVAL, fn, "server does not support trim operations");
+      if (has(wire::tflag_read_only)) fail(EPERM, fn, "server does not support write operations");
+      break;
+    case wire::cmd_cache:
+      if (!has(wire::tflag_send_cache)) fail(EINVAL, fn, "server does not support cache operations");
+      break;
+    case wire::cmd_write_zeroes:
+      if (has(wire::tflag_read_only)) fail(EPERM, fn, "server does not support write operations");
+      if (!has(wire::tflag_send_write_zeroes)) fail(EINVAL, fn, "server does not support zero operations");
+      break;
+    case wire::cmd_block_status:
+      if (engine.meta_contexts().empty())
+        fail(ENOTSUP, fn, "did not negotiate any metadata contexts, either you did not call "
+                          "add_meta_context before connecting or the server does not support it");
+      break;
+    default: break;
+    }
+  }
+
+  // STRICT_AUTO_FLAG: PAYLOAD_LEN is ours to set, from whether extended
+  // headers are in use; without it the caller's choice goes out as given.
+  if (strict & STRICT_AUTO_FLAG) {
+    flags &= ~CMD_FLAG_PAYLOAD_LEN;
+    if (type == wire::cmd_write && engine.extended_headers()) flags |= CMD_FLAG_PAYLOAD_LEN;
+  }
+
+  // STRICT_FLAGS: flags the command does not take, or the server lacks.
+  if (strict & STRICT_FLAGS) {
+    std::uint32_t allowed = permitted_flags(type, structured_read);
+    if (!(strict & STRICT_AUTO_FLAG) && type == wire::cmd_write) allowed |= CMD_FLAG_PAYLOAD_LEN;
+    if (flags & ~allowed) fail(EINVAL, fn, fmt::format("invalid flag: {}", flags));
+    if ((flags & CMD_FLAG_FUA) && !(info.eflags & wire::tflag_send_fua))
+      fail(EINVAL, fn, "server does not support the FUA flag");
+    if ((flags & CMD_FLAG_DF) && !((info.eflags & wire::tflag_send_df) && engine.structured_replies()))
+      fail(EINVAL, fn, "server does not support the DF flag");
+    if ((flags & CMD_FLAG_FAST_ZERO) && !(info.eflags & wire::tflag_send_fast_zero))
+      fail(EINVAL, fn, "server does not support the fast zero flag");
+    if ((flags & CMD_FLAG_PAYLOAD_LEN) && !engine.extended_headers())
+      fail(EINVAL, fn, "PAYLOAD_LEN flag needs extended headers");
+  }
+  spec.flags = static_cast<std::uint16_t>(flags);
+
+  // Range checks; flush has no range.
+  if (type != wire::cmd_flush) {
+    if ((strict & STRICT_ZERO_SIZE) && spec.count == 0) fail(EINVAL, fn, "count cannot be 0");
+    if ((strict & STRICT_BOUNDS) && (spec.offset > info.size || spec.count > info.size - spec.offset))
+      fail(bounds_errno(type), fn, "request out of bounds");
+    if ((strict & STRICT_ALIGN) && info.block_size.minimum &&
+        ((spec.offset | spec.count) & (info.block_size.minimum - 1)))
+      fail(EINVAL, fn, "request is unaligned");
+  }
+
+  // Size limits: payloads are bounded by what the server takes (STRICT_PAYLOAD)
+  // or libnbd's 64 MiB; other lengths by what the header can carry.
+  if (type == wire::cmd_read || type == wire::cmd_write) {
+    std::uint64_t limit = max_request_size;
+    if ((strict & STRICT_PAYLOAD) && type == wire::cmd_write && info.block_size.maximum)
+      limit = std::min<std::uint64_t>(limit, info.block_size.maximum);
+    if (spec.count > limit)
+      fail(ERANGE, fn, fmt::format("request too large: maximum request size is {}", limit));
+  } else if (!engine.extended_headers() && spec.count > std::numeric_limits<std::uint32_t>::max()) {
+    fail(ERANGE, fn, "request too large: maximum request size is 4294967295");
+  }
+}
+
+std::uint64_t Handle::Impl::submit(const char* fn, const proto::CommandSpec& spec,
+                                   CommandRecord rec) {
+  (void)fn;
+  std::uint32_t slot = engine.submit(spec);
+  if (records.size() <= slot) records.resize(slot + 1);
+  rec.read_buf = spec.read_buf;
+  rec.offset = spec.offset;
+  records[slot] = std::move(rec);
+  transport->flush();
+  return engine.slot_cookie(slot);
+}
+
+bool Handle::Impl::command_completed(std::uint64_t cookie, int& err, std::string& why) {
+  std::uint32_t slot = engine.find(cookie);
+  if (slot == proto::CookieMap::npos) {
+    err = EINVAL;
+    why = fmt::format("invalid cookie {}: unknown or already retired", cookie);
+    return true;
+  }
+  if (!engine.slot_done(slot)) return false;
+  err = records[slot].final_error;
+  if (err) why = "command failed";
+  engine.retire(slot);
+  return true;
+}
+
+void Handle::Impl::wait_command(Lock& lock, const char* fn, std::uint64_t cookie) {
+  run_until(lock, fn, [&] {
+    auto slot = engine.find(cookie);
+    return slot == proto::CookieMap::npos || engine.slot_done(slot);
+  });
+  int err = 0;
+  std::string why;
+  command_completed(cookie, err, why);
+  if (err) fail(err, fn, err == ENOTCONN && !error_message.empty() ? error_message : why);
+}
+
+#define NBD_LOCK Impl::Lock lock(impl_->mu)
+
+namespace {
+
+template <typename F>
+std::uint64_t noexcept_form(std::error_code& ec, F&& f) noexcept {
+  try {
+    ec.clear();
+    return f();
+  } catch (const Error& e) {
+    ec = e.code();
+  } catch (const std::bad_alloc&) {
+    ec = std::make_error_code(std::errc::not_enough_memory);
+  } catch (...) {
+    ec = std::make_error_code(std::errc::io_error);
+  }
+  return 0;
+}
+
+} // namespace
+
+// --- aio_* ------------------------------------------------------------------------------
+
+std::uint64_t Handle::aio_pread(std::span<std::uint8_t> buf, std::uint64_t offset,
+                                CompletionCallback cb, std::uint32_t flags) {
+  NBD_LOCK;
+  // Zeroed before any check: a rejected or failed read never leaves stale
+  // memory for the caller to mistake for data.
+  if (impl_->pread_initialize) std::memset(buf.data(), 0, buf.size());
+  proto::CommandSpec spec{wire::cmd_read, static_cast<std::uint16_t>(flags), offset, buf.size(), buf, {}};
+  impl_->check_command("aio_pread", spec);
+  return impl_->submit("aio_pread", spec, CommandRecord{.completion = std::move(cb)});
+}
+
+std::uint64_t Handle::aio_pread(std::span<std::uint8_t> buf, std::uint64_t offset,
+                                CompletionCallback cb, std::uint32_t flags,
+                                std::error_code& ec) noexcept {
+  return noexcept_form(ec, [&] { return aio_pread(buf, offset, std::move(cb), flags); });
+}
+
+std::uint64_t Handle::aio_pread_structured(std::span<std::uint8_t> buf, std::uint64_t offset,
+                                           ChunkCallback chunk, CompletionCallback cb,
+                                           std::uint32_t flags) {
+  NBD_LOCK;
+  if (impl_->pread_initialize) std::memset(buf.data(), 0, buf.size());
+  proto::CommandSpec spec{wire::cmd_read, static_cast<std::uint16_t>(flags), offset, buf.size(), buf, {}};
+  impl_->check_command("aio_pread_structured", spec, true);
+  // Without structured replies the whole read arrives as one simple reply;
+  // the chunk callback still sees it, as one data chunk (libnbd does this).
+  return impl_->submit("aio_pread_structured", spec,
+                       CommandRecord{.completion = std::move(cb), .chunk = std::move(chunk)});
+}
+
+std::uint64_t Handle::aio_pwrite(std::span<const std::uint8_t> buf, std::uint64_t offset,
+                                 CompletionCallback cb, std::uint32_t flags) {
+  NBD_LOCK;
+  proto::CommandSpec spec{wire::cmd_write, static_cast<std::uint16_t>(flags), offset, buf.size(), {}, buf};
+  impl_->check_command("aio_pwrite", spec);
+  return impl_->submit("aio_pwrite", spec, CommandRecord{.completion = std::move(cb)});
+}
+
+std::uint64_t Handle::aio_pwrite(std::span<const std::uint8_t> buf, std::uint64_t offset,
+                                 CompletionCallback cb, std::uint32_t flags,
+                                 std::error_code& ec) noexcept {
+  return noexcept_form(ec, [&] { return aio_pwrite(buf, offset, std::move(cb), flags); });
+}
+
+std::uint64_t Handle::aio_flush(CompletionCallback cb, std::uint32_t flags) {
+  NBD_LOCK;
+  proto::CommandSpec spec{wire::cmd_flush, static_cast<std::uint16_t>(flags), 0, 0, {}, {}};
+  impl_->check_command("aio_flush", spec);
+  return impl_->submit("aio_flush", spec, CommandRecord{.completion = std::move(cb)});
+}
+
+std::uint64_t Handle::aio_trim(std::uint64_t count, std::uint64_t offset, CompletionCallback cb,
+                               std::uint32_t flags) {
+  NBD_LOCK;
+  proto::CommandSpec spec{wire::cmd_trim, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
+  impl_->check_command("aio_trim", spec);
+  return impl_->submit("aio_trim", spec, CommandRecord{.completion = std::move(cb)});
+}
+
+std::uint64_t Handle::aio_cache(std::uint64_t count, std::uint64_t offset, CompletionCallback cb,
+                                std::uint32_t flags) {
+  NBD_LOCK;
+  proto::CommandSpec spec{wire::cmd_cache, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
+  impl_->check_command("aio_cache", spec);
+  return impl_->submit("aio_cache", spec, CommandRecord{.completion = std::move(cb)});
+}
+
+std::uint64_t Handle::aio_zero(std::uint64_t count, std::uint64_t offset, CompletionCallback cb,
+                               std::uint32_t flags) {
+  NBD_LOCK;
+  proto::CommandSpec spec{wire::cmd_write_zeroes, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
+  impl_->check_command("aio_zero", spec);
+  return impl_->submit("aio_zero", spec, CommandRecord{.completion = std::move(cb)});
+}
+
+std::uint64_t Handle::aio_block_status(std::uint64_t count, std::uint64_t offset,
+                                       ExtentCallback extent, CompletionCallback cb,
+                                       std::uint32_t flags) {
+  NBD_LOCK;
+  proto::CommandSpec spec{wire::cmd_block_status, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
+  impl_->check_command("aio_block_status", spec);
+  return impl_->submit("aio_block_status", spec,
+                       CommandRecord{.completion = std::move(cb), .extent = std::move(extent)});
+}
+
+std::uint64_t Handle::aio_block_status_64(std::uint64_t count, std::uint64_t offset,
+                                          Extent64Callback extent, CompletionCallback cb,
+                                          std::uint32_t flags) {
+  NBD_LOCK;
+  proto::CommandSpec spec{wire::cmd_block_status, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
+  impl_->check_command("aio_block_status_64", spec);
+  return impl_->submit("aio_block_status_64", spec,
+                       CommandRecord{.completion = std::move(cb), .extent64 = std::move(extent)});
+}
+
+void Handle::aio_disconnect(std::uint32_t flags) {
+  NBD_LOCK;
+  if (flags & ~SHUTDOWN_MASK) impl_->fail(EINVAL, "aio_disconnect", "invalid flags");
+  impl_->require_transmission("aio_disconnect");
+  if (flags & SHUTDOWN_ABANDON_PENDING) impl_->engine.abandon_unsent(ENOTCONN);
+  impl_->engine.disconnect();
+  impl_->transport->flush();
+  impl_->after_io(); // abandoned commands complete now, on this thread
+}
+
+// --- completion ----------------------------------------------------------------------------
+
+bool Handle::aio_command_completed(std::uint64_t cookie) {
+  NBD_LOCK;
+  int err = 0;
+  std::string why;
+  if (!impl_->command_completed(cookie, err, why)) return false;
+  if (err) impl_->fail(err, "aio_command_completed", why);
+  return true;
+}
+
+bool Handle::aio_command_completed(std::uint64_t cookie, std::error_code& ec) noexcept {
+  return noexcept_form(ec, [&]() -> std::uint64_t { return aio_command_completed(cookie); }) != 0;
+}
+
+std::uint64_t Handle::aio_peek_command_completed() {
+  NBD_LOCK;
+  auto& done = impl_->completed;
+  while (!done.empty()) {
+    std::uint64_t cookie = done.front();
+    if (impl_->engine.find(cookie) != proto::CookieMap::npos) return cookie;
+    done.pop_front(); // already retired through aio_command_completed
+  }
+  if (impl_->engine.in_flight() == 0)
+    impl_->fail(EINVAL, "aio_peek_command_completed", "no commands are in flight");
+  return 0;
+}
+
+// --- blocking forms --------------------------------------------------------------------------
+
+void Handle::pread(std::span<std::uint8_t> buf, std::uint64_t offset, std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "pread", aio_pread(buf, offset, {}, flags));
+}
+
+void Handle::pread_structured(std::span<std::uint8_t> buf, std::uint64_t offset,
+                              ChunkCallback chunk, std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "pread_structured",
+                      aio_pread_structured(buf, offset, std::move(chunk), {}, flags));
+}
+
+void Handle::pwrite(std::span<const std::uint8_t> buf, std::uint64_t offset, std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "pwrite", aio_pwrite(buf, offset, {}, flags));
+}
+
+void Handle::flush(std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "flush", aio_flush({}, flags));
+}
+
+void Handle::trim(std::uint64_t count, std::uint64_t offset, std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "trim", aio_trim(count, offset, {}, flags));
+}
+
+void Handle::cache(std::uint64_t count, std::uint64_t offset, std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "cache", aio_cache(count, offset, {}, flags));
+}
+
+void Handle::zero(std::uint64_t count, std::uint64_t offset, std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "zero", aio_zero(count, offset, {}, flags));
+}
+
+void Handle::block_status(std::uint64_t count, std::uint64_t offset, ExtentCallback extent,
+                          std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "block_status",
+                      aio_block_status(count, offset, std::move(extent), {}, flags));
+}
+
+void Handle::block_status_64(std::uint64_t count, std::uint64_t offset, Extent64Callback extent,
+                             std::uint32_t flags) {
+  NBD_LOCK;
+  impl_->wait_command(lock, "block_status_64",
+                      aio_block_status_64(count, offset, std::move(extent), {}, flags));
+}
+
+void Handle::shutdown(std::uint32_t flags) {
+  NBD_LOCK;
+  if (flags & ~SHUTDOWN_MASK) impl_->fail(EINVAL, "shutdown", "invalid flags");
+  // libnbd: shutting down a handle that is not connected, or already
+  // closed or dead, is not an error.
+  if (!impl_->is_transmitting()) {
+    if (impl_->is_negotiating()) {
+      aio_opt_abort();
+      bool extra = false;
+      while (!impl_->is_closed() && !impl_->is_dead()) impl_->drive(-1, -1, extra);
+    }
+    return;
+  }
+  if (impl_->engine.phase() == proto::Phase::transmission) aio_disconnect(flags);
+  bool extra = false;
+  while (!impl_->is_closed() && !impl_->is_dead()) impl_->drive(-1, -1, extra);
+}
+
+} // namespace nbd

@@ -1,0 +1,471 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// nbd::Handle: construction, settings, state predicates and queries.
+
+#include "api/handle_impl.hpp"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+namespace nbd {
+
+namespace {
+
+bool env_debug() {
+  const char* v = std::getenv("NBDCPP_DEBUG");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
+} // namespace
+
+Handle::Impl::Impl() : debug(env_debug()) {}
+
+Handle::Impl::~Impl() {
+  // Commands still in flight complete with ENOTCONN, after the transport
+  // stopped touching their buffers, so every completion runs exactly once.
+  Lock lock(mu);
+  if (transport && !quiesced) {
+    if (engine.phase() != proto::Phase::dead && engine.phase() != proto::Phase::closed)
+      engine.die(ENOTCONN, "handle closed");
+    after_io();
+  } else {
+    dispatch_events();
+  }
+  transport.reset();
+  if (pid > 0) transport::reap_subprocess(pid, true);
+}
+
+void Handle::Impl::fail(int err, const char* fn, std::string_view what) const {
+  throw Error(err, fmt::format("{}: {}", fn, what));
+}
+
+void Handle::Impl::require_created(const char* fn) const {
+  if (!is_created()) fail(EINVAL, fn, "invalid state: the handle must be newly created");
+}
+
+bool Handle::Impl::is_connecting() const {
+  if (connector) return true;
+  auto p = engine.phase();
+  return p == proto::Phase::handshake || p == proto::Phase::option_busy;
+}
+
+void Handle::Impl::require_transmission(const char* fn) const {
+  if (engine.phase() == proto::Phase::transmission) return;
+  if (is_dead() || is_closed())
+    fail(EINVAL, fn, "invalid state: the connection is dead or closed");
+  if (engine.phase() == proto::Phase::disconnecting)
+    fail(EINVAL, fn, "invalid state: the connection is shutting down");
+  fail(ENOTCONN, fn, "invalid state: the handle must be connected with the server");
+}
+
+void Handle::Impl::require_negotiating(const char* fn) const {
+  if (is_negotiating()) return;
+  if (is_dead() || is_closed())
+    fail(EINVAL, fn, "invalid state: the connection is dead or closed");
+  if (is_created() || is_connecting())
+    fail(ENOTCONN, fn, "invalid state: the handle must be negotiating (option mode)");
+  fail(EINVAL, fn, "invalid state: the handle must be negotiating (option mode)");
+}
+
+void Handle::Impl::debug_log(std::string_view context, std::string_view msg) {
+  if (!debug) return;
+  if (debug_callback) {
+    debug_callback(context, msg);
+    return;
+  }
+  fmt::print(stderr, "libnbdcpp: debug: {}: {}: {}\n",
+             handle_name.empty() ? "nbd" : handle_name, context, msg);
+}
+
+// --- Handle -----------------------------------------------------------------------
+
+Handle::Handle() : impl_(std::make_unique<Impl>()) {}
+Handle::~Handle() = default;
+Handle::Handle(Handle&&) noexcept = default;
+Handle& Handle::operator=(Handle&&) noexcept = default;
+
+#define NBD_LOCK Impl::Lock lock(impl_->mu)
+
+// Settings that only make sense before the connection starts.
+#define NBD_SETTING(fn)                                                                            \
+  NBD_LOCK;                                                                                        \
+  impl_->require_created(fn)
+
+void Handle::set_export_name(std::string_view name) {
+  NBD_LOCK;
+  if (!impl_->is_created() && !impl_->is_negotiating())
+    impl_->fail(EINVAL, "set_export_name", "invalid state: the handle must be newly created or negotiating");
+  if (name.size() > wire::max_string)
+    impl_->fail(ENAMETOOLONG, "set_export_name", "export name too long (NBD limit is 4096 bytes)");
+  impl_->settings.export_name = name;
+}
+std::string Handle::get_export_name() const {
+  NBD_LOCK;
+  return impl_->settings.export_name;
+}
+
+void Handle::set_request_structured_replies(bool request) {
+  NBD_SETTING("set_request_structured_replies");
+  impl_->settings.request_structured_replies = request;
+}
+bool Handle::get_request_structured_replies() const {
+  NBD_LOCK;
+  return impl_->settings.request_structured_replies;
+}
+
+void Handle::set_request_extended_headers(bool request) {
+  NBD_SETTING("set_request_extended_headers");
+  impl_->settings.request_extended_headers = request;
+}
+bool Handle::get_request_extended_headers() const {
+  NBD_LOCK;
+  return impl_->settings.request_extended_headers;
+}
+
+void Handle::set_handshake_flags(std::uint32_t flags) {
+  NBD_SETTING("set_handshake_flags");
+  if (flags & ~HANDSHAKE_FLAG_MASK)
+    impl_->fail(EINVAL, "set_handshake_flags", "invalid handshake flags");
+  impl_->settings.handshake_flags = flags;
+}
+std::uint32_t Handle::get_handshake_flags() const {
+  NBD_LOCK;
+  // Once negotiated, the flags actually in use (libnbd does the same).
+  if (impl_->engine.phase() != proto::Phase::idle && impl_->engine.server_handshake_flags())
+    return impl_->engine.server_handshake_flags();
+  return impl_->settings.handshake_flags;
+}
+
+void Handle::add_meta_context(std::string_view name) {
+  NBD_LOCK;
+  if (!impl_->is_created() && !impl_->is_negotiating())
+    impl_->fail(EINVAL, "add_meta_context", "invalid state: the handle must be newly created or negotiating");
+  if (name.size() > wire::max_string)
+    impl_->fail(ENAMETOOLONG, "add_meta_context", "meta context name too long");
+  impl_->settings.meta_contexts.emplace_back(name);
+}
+void Handle::clear_meta_contexts() {
+  NBD_LOCK;
+  if (!impl_->is_created() && !impl_->is_negotiating())
+    impl_->fail(EINVAL, "clear_meta_contexts", "invalid state: the handle must be newly created or negotiating");
+  impl_->settings.meta_contexts.clear();
+}
+std::size_t Handle::get_nr_meta_contexts() const {
+  NBD_LOCK;
+  return impl_->settings.meta_contexts.size();
+}
+std::string Handle::get_meta_context(std::size_t i) const {
+  NBD_LOCK;
+  if (i >= impl_->settings.meta_contexts.size())
+    impl_->fail(EINVAL, "get_meta_context", "index out of range");
+  return impl_->settings.meta_contexts[i];
+}
+
+void Handle::set_request_meta_context(bool request) {
+  NBD_LOCK;
+  if (!impl_->is_created() && !impl_->is_negotiating())
+    impl_->fail(EINVAL, "set_request_meta_context", "invalid state: the handle must be newly created or negotiating");
+  impl_->settings.request_meta_context = request;
+}
+bool Handle::get_request_meta_context() const {
+  NBD_LOCK;
+  return impl_->settings.request_meta_context;
+}
+
+void Handle::set_strict_mode(std::uint32_t flags) {
+  NBD_LOCK;
+  if (flags & ~STRICT_MASK) impl_->fail(EINVAL, "set_strict_mode", "invalid strict mode flags");
+  impl_->strict = flags;
+}
+std::uint32_t Handle::get_strict_mode() const {
+  NBD_LOCK;
+  return impl_->strict;
+}
+
+void Handle::set_pread_initialize(bool zero_first) {
+  NBD_LOCK;
+  impl_->pread_initialize = zero_first;
+}
+bool Handle::get_pread_initialize() const {
+  NBD_LOCK;
+  return impl_->pread_initialize;
+}
+
+void Handle::set_opt_mode(bool enable) {
+  NBD_SETTING("set_opt_mode");
+  impl_->settings.opt_mode = enable;
+}
+bool Handle::get_opt_mode() const {
+  NBD_LOCK;
+  return impl_->settings.opt_mode;
+}
+
+void Handle::set_request_block_size(bool request) {
+  NBD_LOCK;
+  if (!impl_->is_created() && !impl_->is_negotiating())
+    impl_->fail(EINVAL, "set_request_block_size", "invalid state: the handle must be newly created or negotiating");
+  impl_->settings.request_block_size = request;
+}
+bool Handle::get_request_block_size() const {
+  NBD_LOCK;
+  return impl_->settings.request_block_size;
+}
+
+void Handle::set_full_info(bool request) {
+  NBD_LOCK;
+  if (!impl_->is_created() && !impl_->is_negotiating())
+    impl_->fail(EINVAL, "set_full_info", "invalid state: the handle must be newly created or negotiating");
+  impl_->settings.full_info = request;
+}
+bool Handle::get_full_info() const {
+  NBD_LOCK;
+  return impl_->settings.full_info;
+}
+
+void Handle::set_debug(bool enable) {
+  NBD_LOCK;
+  impl_->debug = enable;
+}
+bool Handle::get_debug() const {
+  NBD_LOCK;
+  return impl_->debug;
+}
+void Handle::set_debug_callback(DebugCallback cb) {
+  NBD_LOCK;
+  impl_->debug_callback = std::move(cb);
+}
+void Handle::clear_debug_callback() {
+  NBD_LOCK;
+  impl_->debug_callback.reset();
+}
+
+void Handle::set_handle_name(std::string_view name) {
+  NBD_LOCK;
+  impl_->handle_name = name;
+}
+std::string Handle::get_handle_name() const {
+  NBD_LOCK;
+  return impl_->handle_name;
+}
+
+std::uintptr_t Handle::set_private_data(std::uintptr_t data) {
+  NBD_LOCK;
+  return std::exchange(impl_->private_data, data);
+}
+std::uintptr_t Handle::get_private_data() const {
+  NBD_LOCK;
+  return impl_->private_data;
+}
+
+void Handle::set_transport(TransportKind kind) {
+  NBD_SETTING("set_transport");
+  impl_->transport_kind = kind;
+}
+std::string Handle::get_transport_name() const {
+  NBD_LOCK;
+  if (!impl_->transport) return "";
+  return impl_->transport->kind() == transport::Kind::uring ? "io_uring" : "socket";
+}
+
+void Handle::set_tls(int tls) {
+  NBD_SETTING("set_tls");
+  if (tls < TLS_DISABLE || tls > TLS_REQUIRE) impl_->fail(EINVAL, "set_tls", "invalid TLS setting");
+  if (tls != TLS_DISABLE) impl_->fail(ENOTSUP, "set_tls", "TLS is not supported yet");
+  impl_->tls = tls;
+}
+int Handle::get_tls() const {
+  NBD_LOCK;
+  return impl_->tls;
+}
+
+// --- state ---------------------------------------------------------------------------
+
+bool Handle::aio_is_created() const {
+  NBD_LOCK;
+  return impl_->is_created();
+}
+bool Handle::aio_is_connecting() const {
+  NBD_LOCK;
+  return impl_->is_connecting();
+}
+bool Handle::aio_is_negotiating() const {
+  NBD_LOCK;
+  return impl_->is_negotiating();
+}
+bool Handle::aio_is_ready() const {
+  NBD_LOCK;
+  return impl_->engine.phase() == proto::Phase::transmission && impl_->engine.in_flight() == 0;
+}
+bool Handle::aio_is_processing() const {
+  NBD_LOCK;
+  return impl_->is_transmitting() && !aio_is_ready();
+}
+bool Handle::aio_is_dead() const {
+  NBD_LOCK;
+  return impl_->is_dead();
+}
+bool Handle::aio_is_closed() const {
+  NBD_LOCK;
+  return impl_->is_closed();
+}
+std::size_t Handle::aio_in_flight() const {
+  NBD_LOCK;
+  return impl_->engine.in_flight();
+}
+
+std::error_code Handle::get_error() const {
+  NBD_LOCK;
+  return impl_->error ? std::error_code(impl_->error, std::generic_category()) : std::error_code();
+}
+std::string Handle::get_error_message() const {
+  NBD_LOCK;
+  return impl_->error_message;
+}
+
+// --- queries ------------------------------------------------------------------------------
+
+namespace {
+
+// libnbd answers these once the export is known: in transmission, or in
+// option mode after a successful opt_info.
+const proto::ExportInfo& known_info(const Handle::Impl& h, const char* fn) {
+  auto p = h.engine.phase();
+  if (p == proto::Phase::transmission || p == proto::Phase::disconnecting ||
+      (p == proto::Phase::option_wait && h.engine.info_known()))
+    return h.engine.info();
+  if (h.is_dead() || h.is_closed())
+    h.fail(EINVAL, fn, "invalid state: the connection is dead or closed");
+  h.fail(ENOTCONN, fn, "invalid state: the export is not known yet (connect first, or opt_info)");
+}
+
+bool eflag(const Handle::Impl& h, const char* fn, std::uint16_t f) {
+  return (known_info(h, fn).eflags & f) != 0;
+}
+
+} // namespace
+
+std::int64_t Handle::get_size() const {
+  NBD_LOCK;
+  return static_cast<std::int64_t>(known_info(*impl_, "get_size").size);
+}
+bool Handle::is_read_only() const {
+  NBD_LOCK;
+  return eflag(*impl_, "is_read_only", wire::tflag_read_only);
+}
+bool Handle::can_flush() const {
+  NBD_LOCK;
+  return eflag(*impl_, "can_flush", wire::tflag_send_flush);
+}
+bool Handle::can_fua() const {
+  NBD_LOCK;
+  return eflag(*impl_, "can_fua", wire::tflag_send_fua);
+}
+bool Handle::can_trim() const {
+  NBD_LOCK;
+  return eflag(*impl_, "can_trim", wire::tflag_send_trim);
+}
+bool Handle::can_zero() const {
+  NBD_LOCK;
+  return eflag(*impl_, "can_zero", wire::tflag_send_write_zeroes);
+}
+bool Handle::can_fast_zero() const {
+  NBD_LOCK;
+  return eflag(*impl_, "can_fast_zero", wire::tflag_send_fast_zero);
+}
+bool Handle::can_df() const {
+  NBD_LOCK;
+  // DF only means something with structured replies (proto.md).
+  return eflag(*impl_, "can_df", wire::tflag_send_df) && impl_->engine.structured_replies();
+}
+bool Handle::can_multi_conn() const {
+  NBD_LOCK;
+  return eflag(*impl_, "can_multi_conn", wire::tflag_can_multi_conn);
+}
+bool Handle::can_cache() const {
+  NBD_LOCK;
+  return eflag(*impl_, "can_cache", wire::tflag_send_cache);
+}
+bool Handle::is_rotational() const {
+  NBD_LOCK;
+  return eflag(*impl_, "is_rotational", wire::tflag_rotational);
+}
+bool Handle::can_meta_context(std::string_view name) const {
+  NBD_LOCK;
+  known_info(*impl_, "can_meta_context");
+  for (const auto& m : impl_->engine.meta_contexts())
+    if (m.name == name) return true;
+  return false;
+}
+
+std::int64_t Handle::get_block_size(int which) const {
+  NBD_LOCK;
+  const auto& bs = known_info(*impl_, "get_block_size").block_size;
+  switch (which) {
+  case SIZE_MINIMUM: return bs.minimum;
+  case SIZE_PREFERRED: return bs.preferred;
+  case SIZE_MAXIMUM: return bs.maximum;
+  case SIZE_PAYLOAD: {
+    // The largest payload we will send or accept in one request: the
+    // server's maximum when it has one, else the 32 MiB proto.md suggests.
+    std::uint32_t limit = 32 * 1024 * 1024;
+    return bs.maximum ? std::min<std::uint32_t>(bs.maximum, limit) : limit;
+  }
+  default: impl_->fail(EINVAL, "get_block_size", "invalid size type");
+  }
+}
+
+std::string Handle::get_protocol() const {
+  NBD_LOCK;
+  if (impl_->engine.phase() == proto::Phase::idle || impl_->engine.phase() == proto::Phase::handshake)
+    impl_->fail(ENOTCONN, "get_protocol", "invalid state: not negotiated yet");
+  return impl_->engine.protocol();
+}
+bool Handle::get_structured_replies_negotiated() const {
+  NBD_LOCK;
+  return impl_->engine.structured_replies();
+}
+bool Handle::get_extended_headers_negotiated() const {
+  NBD_LOCK;
+  return impl_->engine.extended_headers();
+}
+std::string Handle::get_canonical_export_name() const {
+  NBD_LOCK;
+  const auto& info = known_info(*impl_, "get_canonical_export_name");
+  if (!info.have_name) {
+    if (!impl_->settings.full_info)
+      impl_->fail(ENOTSUP, "get_canonical_export_name", "server did not send a name (try set_full_info)");
+    return impl_->settings.export_name;
+  }
+  return info.canonical_name;
+}
+std::string Handle::get_export_description() const {
+  NBD_LOCK;
+  const auto& info = known_info(*impl_, "get_export_description");
+  if (!info.have_description)
+    impl_->fail(ENOTSUP, "get_export_description", "server did not send a description");
+  return info.description;
+}
+
+std::uint64_t Handle::stats_bytes_sent() const {
+  NBD_LOCK;
+  return impl_->engine.bytes_sent();
+}
+std::uint64_t Handle::stats_chunks_sent() const {
+  NBD_LOCK;
+  return impl_->engine.chunks_sent();
+}
+std::uint64_t Handle::stats_bytes_received() const {
+  NBD_LOCK;
+  return impl_->engine.bytes_received();
+}
+std::uint64_t Handle::stats_chunks_received() const {
+  NBD_LOCK;
+  return impl_->engine.chunks_received();
+}
+
+const char* get_version() { return "0.1.0"; }
+const char* get_package_name() { return "nbdcpp"; }
+
+} // namespace nbd
