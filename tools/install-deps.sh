@@ -10,6 +10,7 @@ packages=(
   nbdkit nbdkit-plugin-dev
   libnbd-dev libnbd-bin
   qemu-utils nbd-server
+  bsdextrautils python3
 )
 
 missing=()
