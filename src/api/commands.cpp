@@ -17,61 +17,96 @@ namespace {
 // libnbd's limit on one read or write payload.
 constexpr std::uint64_t max_request_size = 64 * 1024 * 1024;
 
-// The flags each command accepts (libnbd's permitted flags per call).
+// The flags each call takes (libnbd's permitted flags per call).
 std::uint32_t permitted_flags(std::uint16_t type, bool structured_read) {
   switch (type) {
   case wire::cmd_read: return structured_read ? CMD_FLAG_DF : 0;
   case wire::cmd_write: return CMD_FLAG_FUA | CMD_FLAG_PAYLOAD_LEN;
-  case wire::cmd_flush: return 0;
   case wire::cmd_trim: return CMD_FLAG_FUA;
-  case wire::cmd_cache: return 0;
   case wire::cmd_write_zeroes: return CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO;
-  case wire::cmd_block_status: return CMD_FLAG_REQ_ONE | CMD_FLAG_PAYLOAD_LEN;
-  default: return 0;
+  case wire::cmd_block_status: return CMD_FLAG_REQ_ONE;
+  default: return 0; // flush, cache
   }
 }
 
-// For a request out of bounds libnbd reports ENOSPC on commands that write
-// (as a local disk would) and EINVAL on the others.
+// A request out of bounds is ENOSPC for the calls that write (as a full
+// local disk would say) and EINVAL for the others, as in libnbd.
 int bounds_errno(std::uint16_t type) {
-  return (type == wire::cmd_write || type == wire::cmd_write_zeroes) ? ENOSPC : EINVAL;
+  return (type == wire::cmd_write || type == wire::cmd_trim || type == wire::cmd_write_zeroes)
+             ? ENOSPC
+             : EINVAL;
 }
 
 } // namespace
 
+// The checks run in libnbd's order (its generated wrappers, then lib/rw.c):
+// state, flags, the command against what the server advertised, then the
+// range, then the size limits. The first failure wins.
 void Handle::Impl::check_command(const char* fn, proto::CommandSpec& spec,
                                  bool structured_read_call) const {
   require_transmission(fn);
   const auto& info = engine.info();
   const std::uint16_t type = spec.type;
   std::uint32_t flags = spec.flags;
-  const bool structured_read = type == wire::cmd_read && structured_read_call;
+  auto has = [&](std::uint16_t f) { return (info.eflags & f) != 0; };
 
-  // Flags outside the mask are always an error: they cannot go on the wire.
-  if (flags & ~CMD_FLAG_MASK) fail(EINVAL, fn, fmt::format("invalid value for flags: {:#x}", flags));
+  // Flags the call does not take: an error under STRICT_FLAGS, and always
+  // for bits the 16-bit wire field cannot carry.
+  if ((flags & ~permitted_flags(type, structured_read_call)) &&
+      ((strict & STRICT_FLAGS) || flags > 0xffff))
+    fail(EINVAL, fn, fmt::format("flags: invalid value for flag: {:#x}", flags));
 
-  // STRICT_COMMANDS: commands the server did not advertise.
+  // PAYLOAD_LEN is ours to set under STRICT_AUTO_FLAG, from whether
+  // extended headers are in use; otherwise the caller's value goes out.
+  if (type == wire::cmd_write && (strict & STRICT_AUTO_FLAG)) {
+    flags &= ~CMD_FLAG_PAYLOAD_LEN;
+    if (engine.extended_headers()) flags |= CMD_FLAG_PAYLOAD_LEN;
+  }
+
+  // STRICT_COMMANDS: commands and flags the server did not advertise.
   if (strict & STRICT_COMMANDS) {
-    auto has = [&](std::uint16_t f) { return (info.eflags & f) != 0; };
-    switch (type) {
-    case wire::cmd_write:
+    auto need_fua = [&] {
+      if ((flags & CMD_FLAG_FUA) && !has(wire::tflag_send_fua))
+        fail(EINVAL, fn, "server does not support the FUA flag");
+    };
+    auto need_writable = [&] {
       if (has(wire::tflag_read_only)) fail(EPERM, fn, "server does not support write operations");
+    };
+    switch (type) {
+    case wire::cmd_read:
+      if ((flags & CMD_FLAG_DF) && !(has(wire::tflag_send_df) && engine.structured_replies()))
+        fail(EINVAL, fn, "server does not support the DF flag");
+      break;
+    case wire::cmd_write:
+      need_writable();
+      need_fua();
+      if (!(strict & STRICT_AUTO_FLAG) &&
+          ((flags & CMD_FLAG_PAYLOAD_LEN) != 0) != engine.extended_headers())
+        fail(EINVAL, fn, engine.extended_headers()
+                             ? "PAYLOAD_LEN flag is required with extended headers"
+                             : "PAYLOAD_LEN flag needs extended headers");
       break;
     case wire::cmd_flush:
       if (!has(wire::tflag_send_flush)) fail(EINVAL, fn, "server does not support flush operations");
       break;
     case wire::cmd_trim:
       if (!has(wire::tflag_send_trim)) fail(EINVAL, fn, "server does not support trim operations");
-      if (has(wire::tflag_read_only)) fail(EPERM, fn, "server does not support write operations");
+      need_writable();
+      need_fua();
       break;
     case wire::cmd_cache:
       if (!has(wire::tflag_send_cache)) fail(EINVAL, fn, "server does not support cache operations");
       break;
     case wire::cmd_write_zeroes:
-      if (has(wire::tflag_read_only)) fail(EPERM, fn, "server does not support write operations");
       if (!has(wire::tflag_send_write_zeroes)) fail(EINVAL, fn, "server does not support zero operations");
+      need_writable();
+      need_fua();
+      if ((flags & CMD_FLAG_FAST_ZERO) && !has(wire::tflag_send_fast_zero))
+        fail(EINVAL, fn, "server does not support the fast zero flag");
       break;
     case wire::cmd_block_status:
+      if (!engine.structured_replies())
+        fail(ENOTSUP, fn, "server does not support structured replies");
       if (engine.meta_contexts().empty())
         fail(ENOTSUP, fn, "did not negotiate any metadata contexts, either you did not call "
                           "add_meta_context before connecting or the server does not support it");
@@ -79,29 +114,10 @@ void Handle::Impl::check_command(const char* fn, proto::CommandSpec& spec,
     default: break;
     }
   }
-
-  // STRICT_AUTO_FLAG: PAYLOAD_LEN is ours to set, from whether extended
-  // headers are in use; without it the caller's choice goes out as given.
-  if (strict & STRICT_AUTO_FLAG) {
-    flags &= ~CMD_FLAG_PAYLOAD_LEN;
-    if (type == wire::cmd_write && engine.extended_headers()) flags |= CMD_FLAG_PAYLOAD_LEN;
-  }
-
-  // STRICT_FLAGS: flags the command does not take, or the server lacks.
-  if (strict & STRICT_FLAGS) {
-    std::uint32_t allowed = permitted_flags(type, structured_read);
-    if (!(strict & STRICT_AUTO_FLAG) && type == wire::cmd_write) allowed |= CMD_FLAG_PAYLOAD_LEN;
-    if (flags & ~allowed) fail(EINVAL, fn, fmt::format("invalid flag: {}", flags));
-    if ((flags & CMD_FLAG_FUA) && !(info.eflags & wire::tflag_send_fua))
-      fail(EINVAL, fn, "server does not support the FUA flag");
-    if ((flags & CMD_FLAG_DF) && !((info.eflags & wire::tflag_send_df) && engine.structured_replies()))
-      fail(EINVAL, fn, "server does not support the DF flag");
-    if ((flags & CMD_FLAG_FAST_ZERO) && !(info.eflags & wire::tflag_send_fast_zero))
-      fail(EINVAL, fn, "server does not support the fast zero flag");
-    if ((flags & CMD_FLAG_PAYLOAD_LEN) && !engine.extended_headers())
-      fail(EINVAL, fn, "PAYLOAD_LEN flag needs extended headers");
-  }
   spec.flags = static_cast<std::uint16_t>(flags);
+
+  if (engine.phase() == proto::Phase::disconnecting)
+    fail(EINVAL, fn, "cannot request more commands after NBD_CMD_DISC");
 
   // Range checks; flush has no range.
   if (type != wire::cmd_flush) {
@@ -113,12 +129,12 @@ void Handle::Impl::check_command(const char* fn, proto::CommandSpec& spec,
       fail(EINVAL, fn, "request is unaligned");
   }
 
-  // Size limits: payloads are bounded by what the server takes (STRICT_PAYLOAD)
-  // or libnbd's 64 MiB; other lengths by what the header can carry.
+  // Size limits: payloads up to 64 MiB, or under STRICT_PAYLOAD what the
+  // server takes (get_block_size(SIZE_PAYLOAD)); other lengths up to what
+  // the request header can carry.
   if (type == wire::cmd_read || type == wire::cmd_write) {
     std::uint64_t limit = max_request_size;
-    if ((strict & STRICT_PAYLOAD) && type == wire::cmd_write && info.block_size.maximum)
-      limit = std::min<std::uint64_t>(limit, info.block_size.maximum);
+    if ((strict & STRICT_PAYLOAD) && type == wire::cmd_write) limit = payload_limit();
     if (spec.count > limit)
       fail(ERANGE, fn, fmt::format("request too large: maximum request size is {}", limit));
   } else if (!engine.extended_headers() && spec.count > std::numeric_limits<std::uint32_t>::max()) {
@@ -374,19 +390,15 @@ void Handle::block_status_64(std::uint64_t count, std::uint64_t offset, Extent64
 
 void Handle::shutdown(std::uint32_t flags) {
   NBD_LOCK;
-  if (flags & ~SHUTDOWN_MASK) impl_->fail(EINVAL, "shutdown", "invalid flags");
-  // libnbd: shutting down a handle that is not connected, or already
-  // closed or dead, is not an error.
-  if (!impl_->is_transmitting()) {
-    if (impl_->is_negotiating()) {
-      aio_opt_abort();
-      bool extra = false;
-      while (!impl_->is_closed() && !impl_->is_dead()) impl_->drive(-1, -1, extra);
-    }
-    return;
-  }
-  if (impl_->engine.phase() == proto::Phase::transmission) aio_disconnect(flags);
+  if (flags & ~SHUTDOWN_MASK) impl_->fail(EINVAL, "shutdown", "flags: invalid value for flag");
   bool extra = false;
+  if (impl_->is_negotiating()) {
+    // Nothing to flush yet: end the negotiation politely instead.
+    aio_opt_abort();
+  } else {
+    impl_->require_transmission("shutdown");
+    if (impl_->engine.phase() == proto::Phase::transmission) aio_disconnect(flags);
+  }
   while (!impl_->is_closed() && !impl_->is_dead()) impl_->drive(-1, -1, extra);
 }
 

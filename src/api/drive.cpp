@@ -36,7 +36,7 @@ int Handle::Impl::drive(int timeout, int extra_fd, bool& extra_ready) {
   }
   if (!transport || quiesced) {
     if (is_created()) fail(ENOTCONN, "poll", "invalid state: not connected");
-    return 0;
+    fail(EINVAL, "poll", fmt::format("nothing to poll for in state {}", state_name()));
   }
   int r = transport->wait(timeout, extra_fd, extra_ready);
   after_io();
@@ -60,7 +60,9 @@ void Handle::Impl::notify(bool readable) {
     }
     return;
   }
-  if (!transport || quiesced) return;
+  if (!transport || quiesced)
+    fail(is_created() ? ENOTCONN : EINVAL, readable ? "aio_notify_read" : "aio_notify_write",
+         fmt::format("no I/O to do in state {}", state_name()));
   if (readable)
     transport->notify_read();
   else
@@ -169,6 +171,9 @@ void Handle::Impl::on_command_done(const proto::Event& e) {
     CompletionCallback cb = std::move(rec.completion);
     int r = call_guarded([&] { return cb(&cb_err); }, &cb_err);
     cb.reset();
+    // As in libnbd, a callback that fails with an errno overrides the
+    // command's result.
+    if (r == -1 && cb_err != 0) rec.final_error = cb_err;
     // The callback may have retired the command itself through
     // aio_command_completed; only retire what is still there.
     if (r == 1) {

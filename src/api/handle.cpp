@@ -52,12 +52,27 @@ bool Handle::Impl::is_connecting() const {
 }
 
 void Handle::Impl::require_transmission(const char* fn) const {
-  if (engine.phase() == proto::Phase::transmission) return;
-  if (is_dead() || is_closed())
-    fail(EINVAL, fn, "invalid state: the connection is dead or closed");
-  if (engine.phase() == proto::Phase::disconnecting)
-    fail(EINVAL, fn, "invalid state: the connection is shutting down");
-  fail(ENOTCONN, fn, "invalid state: the handle must be connected with the server");
+  // libnbd: ENOTCONN only before any connection; EINVAL in every other
+  // state that cannot take a command (connecting, negotiating, dead,
+  // closed). After NBD_CMD_DISC, command checks say why themselves.
+  if (is_transmitting()) return;
+  fail(is_created() ? ENOTCONN : EINVAL, fn,
+       fmt::format("invalid state: {}: the handle must be connected with the server", state_name()));
+}
+
+const char* Handle::Impl::state_name() const {
+  if (is_created()) return "created";
+  if (is_connecting()) return "connecting";
+  if (is_negotiating()) return "negotiating";
+  if (is_dead()) return "dead";
+  if (is_closed()) return "closed";
+  return "ready";
+}
+
+std::uint64_t Handle::Impl::payload_limit() const {
+  std::uint64_t limit = 32 * 1024 * 1024;
+  const auto max = engine.info().block_size.maximum;
+  return max ? std::min<std::uint64_t>(max, limit) : limit;
 }
 
 void Handle::Impl::require_negotiating(const char* fn) const {
@@ -332,9 +347,7 @@ namespace {
 // option mode after a successful opt_info.
 const proto::ExportInfo& known_info(const Handle::Impl& h, const char* fn) {
   auto p = h.engine.phase();
-  if (p == proto::Phase::transmission || p == proto::Phase::disconnecting ||
-      (p == proto::Phase::option_wait && h.engine.info_known()))
-    return h.engine.info();
+  if (h.engine.info_known() && p != proto::Phase::dead) return h.engine.info();
   if (h.is_dead() || h.is_closed())
     h.fail(EINVAL, fn, "invalid state: the connection is dead or closed");
   h.fail(ENOTCONN, fn, "invalid state: the export is not known yet (connect first, or opt_info)");
@@ -372,7 +385,9 @@ bool Handle::can_zero() const {
 }
 bool Handle::can_fast_zero() const {
   NBD_LOCK;
-  return eflag(*impl_, "can_fast_zero", wire::tflag_send_fast_zero);
+  // A fast zero is a kind of zero: meaningless without WRITE_ZEROES.
+  return eflag(*impl_, "can_fast_zero", wire::tflag_send_fast_zero) &&
+         eflag(*impl_, "can_fast_zero", wire::tflag_send_write_zeroes);
 }
 bool Handle::can_df() const {
   NBD_LOCK;
@@ -406,20 +421,16 @@ std::int64_t Handle::get_block_size(int which) const {
   case SIZE_MINIMUM: return bs.minimum;
   case SIZE_PREFERRED: return bs.preferred;
   case SIZE_MAXIMUM: return bs.maximum;
-  case SIZE_PAYLOAD: {
-    // The largest payload we will send or accept in one request: the
-    // server's maximum when it has one, else the 32 MiB proto.md suggests.
-    std::uint32_t limit = 32 * 1024 * 1024;
-    return bs.maximum ? std::min<std::uint32_t>(bs.maximum, limit) : limit;
-  }
+  case SIZE_PAYLOAD: return static_cast<std::int64_t>(impl_->payload_limit());
   default: impl_->fail(EINVAL, "get_block_size", "invalid size type");
   }
 }
 
 std::string Handle::get_protocol() const {
   NBD_LOCK;
-  if (impl_->engine.phase() == proto::Phase::idle || impl_->engine.phase() == proto::Phase::handshake)
-    impl_->fail(ENOTCONN, "get_protocol", "invalid state: not negotiated yet");
+  if (impl_->is_created()) impl_->fail(ENOTCONN, "get_protocol", "invalid state: not connected");
+  if (impl_->is_dead() || impl_->is_connecting())
+    impl_->fail(EINVAL, "get_protocol", fmt::format("invalid state: {}", impl_->state_name()));
   return impl_->engine.protocol();
 }
 bool Handle::get_structured_replies_negotiated() const {

@@ -60,8 +60,7 @@ struct Handle::Impl {
 
   // settings
   proto::Settings settings;
-  std::uint32_t strict = STRICT_COMMANDS | STRICT_FLAGS | STRICT_BOUNDS | STRICT_ZERO_SIZE |
-                         STRICT_PAYLOAD | STRICT_AUTO_FLAG;
+  std::uint32_t strict = STRICT_MASK; // every check on, as libnbd defaults
   bool pread_initialize = true;
   bool debug = false;
   DebugCallback debug_callback;
@@ -105,6 +104,8 @@ struct Handle::Impl {
   void require_negotiating(const char* fn) const;
   void require_created(const char* fn) const;
   [[noreturn]] void fail(int err, const char* fn, std::string_view what) const;
+  /// "created", "connecting", "negotiating", "ready", "dead", "closed".
+  const char* state_name() const;
 
   // --- connecting ------------------------------------------------------------
   void start_connect(const char* fn, transport::Connector c);
@@ -131,6 +132,9 @@ struct Handle::Impl {
 
   // --- commands ---------------------------------------------------------------
   std::uint64_t submit(const char* fn, const proto::CommandSpec& spec, CommandRecord rec);
+  /// The largest write payload we send: the server's maximum block size
+  /// if it gave one, else the 32 MiB proto.md says every server accepts.
+  std::uint64_t payload_limit() const;
   void check_command(const char* fn, proto::CommandSpec& spec,
                      bool structured_read_call = false) const;
   /// Waits for cookie, retires it and throws its error, if any.
