@@ -11,6 +11,7 @@ packages=(
   libnbd-dev libnbd-bin
   qemu-utils nbd-server
   bsdextrautils python3
+  libglib2.0-dev
 )
 
 missing=()

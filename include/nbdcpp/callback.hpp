@@ -20,8 +20,12 @@ class Callback;
 template <typename R, typename... Args>
 class Callback<R(Args...)> {
 public:
+  /// An empty callback (no callable): nbdcpp then calls nothing.
   Callback() noexcept = default;
+  /// An empty callback, so that `{}` and `nullptr` both say "none".
   Callback(std::nullptr_t) noexcept {}
+
+  /// Stores any callable invocable as R(Args...), e.g. a lambda.
 
   template <typename F,
             typename = std::enable_if_t<!std::is_same_v<std::decay_t<F>, Callback> &&
@@ -38,10 +42,12 @@ public:
     }
   }
 
+  /// Takes o's callable; o becomes empty.
   Callback(Callback&& o) noexcept : ops_(o.ops_) {
     if (ops_) ops_->move(o.storage_, storage_);
     o.ops_ = nullptr;
   }
+  /// Destroys the stored callable, then takes o's; o becomes empty.
   Callback& operator=(Callback&& o) noexcept {
     if (this != &o) {
       reset();
@@ -64,8 +70,10 @@ public:
     }
   }
 
+  /// True when a callable is stored.
   explicit operator bool() const noexcept { return ops_ != nullptr; }
 
+  /// Calls the stored callable (which must exist).
   R operator()(Args... args) const { return ops_->call(storage_, std::forward<Args>(args)...); }
 
 private:

@@ -13,6 +13,7 @@ namespace nbd {
 /// call and the reason, e.g. "aio_pread: request out of bounds".
 class NBDCPP_API Error : public std::system_error {
 public:
+  /// An error with errno value errnum and message what.
   Error(int errnum, const std::string& what)
       : std::system_error(errnum, std::generic_category(), what) {}
 
