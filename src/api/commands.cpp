@@ -42,12 +42,14 @@ int bounds_errno(std::uint16_t type) {
 // The checks run in libnbd's order (its generated wrappers, then lib/rw.c):
 // state, flags, the command against what the server advertised, then the
 // range, then the size limits. The first failure wins.
-void Handle::Impl::check_command(const char* fn, proto::CommandSpec& spec,
+void Handle::Impl::check_command(const char* fn, proto::CommandSpec& spec, std::uint32_t flags,
                                  bool structured_read_call) const {
+  // flags is the caller's 32-bit value: spec.flags (16 bits, what goes on
+  // the wire) is only set once the checks passed, so that bits beyond 16
+  // are refused instead of silently cut off.
   require_transmission(fn);
   const auto& info = engine.info();
   const std::uint16_t type = spec.type;
-  std::uint32_t flags = spec.flags;
   auto has = [&](std::uint16_t f) { return (info.eflags & f) != 0; };
 
   // Flags the call does not take: an error under STRICT_FLAGS, and always
@@ -209,7 +211,7 @@ std::uint64_t Handle::aio_pread(std::span<std::uint8_t> buf, std::uint64_t offse
   // memory for the caller to mistake for data.
   if (impl_->pread_initialize) std::memset(buf.data(), 0, buf.size());
   proto::CommandSpec spec{wire::cmd_read, static_cast<std::uint16_t>(flags), offset, buf.size(), buf, {}};
-  impl_->check_command("aio_pread", spec);
+  impl_->check_command("aio_pread", spec, flags);
   return impl_->submit("aio_pread", spec, CommandRecord{.completion = std::move(cb)});
 }
 
@@ -225,7 +227,7 @@ std::uint64_t Handle::aio_pread_structured(std::span<std::uint8_t> buf, std::uin
   NBD_LOCK;
   if (impl_->pread_initialize) std::memset(buf.data(), 0, buf.size());
   proto::CommandSpec spec{wire::cmd_read, static_cast<std::uint16_t>(flags), offset, buf.size(), buf, {}};
-  impl_->check_command("aio_pread_structured", spec, true);
+  impl_->check_command("aio_pread_structured", spec, flags, true);
   // Without structured replies the whole read arrives as one simple reply;
   // the chunk callback still sees it, as one data chunk (libnbd does this).
   return impl_->submit("aio_pread_structured", spec,
@@ -236,7 +238,7 @@ std::uint64_t Handle::aio_pwrite(std::span<const std::uint8_t> buf, std::uint64_
                                  CompletionCallback cb, std::uint32_t flags) {
   NBD_LOCK;
   proto::CommandSpec spec{wire::cmd_write, static_cast<std::uint16_t>(flags), offset, buf.size(), {}, buf};
-  impl_->check_command("aio_pwrite", spec);
+  impl_->check_command("aio_pwrite", spec, flags);
   return impl_->submit("aio_pwrite", spec, CommandRecord{.completion = std::move(cb)});
 }
 
@@ -249,7 +251,7 @@ std::uint64_t Handle::aio_pwrite(std::span<const std::uint8_t> buf, std::uint64_
 std::uint64_t Handle::aio_flush(CompletionCallback cb, std::uint32_t flags) {
   NBD_LOCK;
   proto::CommandSpec spec{wire::cmd_flush, static_cast<std::uint16_t>(flags), 0, 0, {}, {}};
-  impl_->check_command("aio_flush", spec);
+  impl_->check_command("aio_flush", spec, flags);
   return impl_->submit("aio_flush", spec, CommandRecord{.completion = std::move(cb)});
 }
 
@@ -257,7 +259,7 @@ std::uint64_t Handle::aio_trim(std::uint64_t count, std::uint64_t offset, Comple
                                std::uint32_t flags) {
   NBD_LOCK;
   proto::CommandSpec spec{wire::cmd_trim, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
-  impl_->check_command("aio_trim", spec);
+  impl_->check_command("aio_trim", spec, flags);
   return impl_->submit("aio_trim", spec, CommandRecord{.completion = std::move(cb)});
 }
 
@@ -265,7 +267,7 @@ std::uint64_t Handle::aio_cache(std::uint64_t count, std::uint64_t offset, Compl
                                 std::uint32_t flags) {
   NBD_LOCK;
   proto::CommandSpec spec{wire::cmd_cache, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
-  impl_->check_command("aio_cache", spec);
+  impl_->check_command("aio_cache", spec, flags);
   return impl_->submit("aio_cache", spec, CommandRecord{.completion = std::move(cb)});
 }
 
@@ -273,7 +275,7 @@ std::uint64_t Handle::aio_zero(std::uint64_t count, std::uint64_t offset, Comple
                                std::uint32_t flags) {
   NBD_LOCK;
   proto::CommandSpec spec{wire::cmd_write_zeroes, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
-  impl_->check_command("aio_zero", spec);
+  impl_->check_command("aio_zero", spec, flags);
   return impl_->submit("aio_zero", spec, CommandRecord{.completion = std::move(cb)});
 }
 
@@ -282,7 +284,7 @@ std::uint64_t Handle::aio_block_status(std::uint64_t count, std::uint64_t offset
                                        std::uint32_t flags) {
   NBD_LOCK;
   proto::CommandSpec spec{wire::cmd_block_status, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
-  impl_->check_command("aio_block_status", spec);
+  impl_->check_command("aio_block_status", spec, flags);
   return impl_->submit("aio_block_status", spec,
                        CommandRecord{.completion = std::move(cb), .extent = std::move(extent)});
 }
@@ -292,7 +294,7 @@ std::uint64_t Handle::aio_block_status_64(std::uint64_t count, std::uint64_t off
                                           std::uint32_t flags) {
   NBD_LOCK;
   proto::CommandSpec spec{wire::cmd_block_status, static_cast<std::uint16_t>(flags), offset, count, {}, {}};
-  impl_->check_command("aio_block_status_64", spec);
+  impl_->check_command("aio_block_status_64", spec, flags);
   return impl_->submit("aio_block_status_64", spec,
                        CommandRecord{.completion = std::move(cb), .extent64 = std::move(extent)});
 }
@@ -301,7 +303,11 @@ void Handle::aio_disconnect(std::uint32_t flags) {
   NBD_LOCK;
   if (flags & ~SHUTDOWN_MASK) impl_->fail(EINVAL, "aio_disconnect", "invalid flags");
   impl_->require_transmission("aio_disconnect");
-  if (flags & SHUTDOWN_ABANDON_PENDING) impl_->engine.abandon_unsent(ENOTCONN);
+  if (flags & SHUTDOWN_ABANDON_PENDING) {
+    // Only what the transport has not handed to the kernel may be dropped.
+    impl_->transport->settle_send();
+    impl_->engine.abandon_unsent(ENOTCONN);
+  }
   impl_->engine.disconnect();
   impl_->transport->flush();
   impl_->after_io(); // abandoned commands complete now, on this thread

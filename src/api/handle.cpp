@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -70,18 +71,24 @@ const char* Handle::Impl::state_name() const {
 }
 
 std::uint64_t Handle::Impl::payload_limit() const {
-  std::uint64_t limit = 32 * 1024 * 1024;
-  const auto max = engine.info().block_size.maximum;
-  return max ? std::min<std::uint64_t>(max, limit) : limit;
+  // libnbd's payload maximum (lib/flags.c, nbd_internal_set_payload): with
+  // no server maximum, the 32 MiB proto.md says a client may count on; with
+  // one, the server's maximum, but not below 1 MiB (proto.md lets a client
+  // send payloads that large whatever the server advertised) nor above the
+  // 64 MiB a single request may carry.
+  const std::uint64_t max = engine.info().block_size.maximum;
+  if (max == 0) return 32 * 1024 * 1024;
+  return std::min<std::uint64_t>(64 * 1024 * 1024, std::max<std::uint64_t>(1024 * 1024, max));
 }
 
 void Handle::Impl::require_negotiating(const char* fn) const {
   if (is_negotiating()) return;
   if (is_dead() || is_closed())
     fail(EINVAL, fn, "invalid state: the connection is dead or closed");
-  if (is_created() || is_connecting())
-    fail(ENOTCONN, fn, "invalid state: the handle must be negotiating (option mode)");
-  fail(EINVAL, fn, "invalid state: the handle must be negotiating (option mode)");
+  // libnbd: ENOTCONN only before any connection; EINVAL while connecting
+  // (which includes an option exchange in progress) and in every later state.
+  fail(is_created() ? ENOTCONN : EINVAL, fn,
+       "invalid state: the handle must be negotiating (option mode)");
 }
 
 void Handle::Impl::debug_log(std::string_view context, std::string_view msg) {
@@ -147,9 +154,9 @@ void Handle::set_handshake_flags(std::uint32_t flags) {
 }
 std::uint32_t Handle::get_handshake_flags() const {
   NBD_LOCK;
-  // Once negotiated, the flags actually in use (libnbd does the same).
-  if (impl_->engine.phase() != proto::Phase::idle && impl_->engine.server_handshake_flags())
-    return impl_->engine.server_handshake_flags();
+  // Once a newstyle server answered, the flags both sides agreed on
+  // (libnbd masks its own with the server's).
+  if (impl_->engine.handshake_flags_known()) return impl_->engine.client_flags();
   return impl_->settings.handshake_flags;
 }
 

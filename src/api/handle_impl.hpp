@@ -135,7 +135,7 @@ struct Handle::Impl {
   /// The largest write payload we send: the server's maximum block size
   /// if it gave one, else the 32 MiB proto.md says every server accepts.
   std::uint64_t payload_limit() const;
-  void check_command(const char* fn, proto::CommandSpec& spec,
+  void check_command(const char* fn, proto::CommandSpec& spec, std::uint32_t flags,
                      bool structured_read_call = false) const;
   /// Waits for cookie, retires it and throws its error, if any.
   void wait_command(Lock& lock, const char* fn, std::uint64_t cookie);

@@ -15,7 +15,8 @@ public:
   static constexpr std::uint32_t npos = 0xffffffff;
 
   std::uint32_t find(std::uint64_t cookie) const {
-    if (keys_.empty()) return npos;
+    // 0 marks empty buckets: a server's reply with cookie 0 must not match one.
+    if (keys_.empty() || cookie == empty) return npos;
     for (std::size_t i = index(cookie);; i = (i + 1) & mask()) {
       if (keys_[i] == cookie) return values_[i];
       if (keys_[i] == empty) return npos;
@@ -32,7 +33,7 @@ public:
   }
 
   void erase(std::uint64_t cookie) {
-    if (keys_.empty()) return;
+    if (keys_.empty() || cookie == empty) return;
     std::size_t i = index(cookie);
     while (keys_[i] != cookie) {
       if (keys_[i] == empty) return;

@@ -18,8 +18,8 @@ namespace {
 // of the reply header that is still being looked at.
 constexpr std::size_t data_offset_at = 64;
 
-// A server that keeps sending list or meta context entries must not keep
-// the client busy (or its callbacks running) forever.
+// A server that keeps sending list, meta context or info replies must not
+// keep the client busy (or its callbacks running) forever.
 constexpr std::size_t max_list_entries = 65536;
 
 // Block status payloads beyond this are refused: 1M 32-bit descriptors is
@@ -83,6 +83,7 @@ void Engine::die(int err, std::string reason) {
   recv_ = Recv::nothing;
   target_ = {};
   out_.clear();
+  out_next_.clear();
   out_sent_ = 0;
   for (std::uint32_t i = 0; i < slots_.size(); ++i) {
     Slot& s = slots_[i];
@@ -179,6 +180,15 @@ void Engine::on_recv_complete() {
     Slot& s = slots_[reply_slot_];
     s.covered = s.count;
     s.reply_done = true;
+    {
+      // libnbd reports a simple read reply to the chunk callback as one
+      // data chunk covering the whole request.
+      Event& e = push_event(Event::read_chunk);
+      e.slot = reply_slot_;
+      e.offset = s.offset;
+      e.length = s.count;
+      e.status = read_data;
+    }
     maybe_complete(reply_slot_);
     expect_reply();
     break;
@@ -220,9 +230,10 @@ void Engine::on_handshake_flags() {
   if (server_flags_ & ~known_handshake_flags)
     return fail_protocol(none, "handshake: server set unknown handshake flags");
   client_flags_ = server_flags_ & settings_.handshake_flags & known_handshake_flags;
+  flags_known_ = true;
   std::uint8_t b[client_flags_size];
   encode_client_flags(b, client_flags_);
-  out_.insert(out_.end(), b, b + sizeof b);
+  queue_out(std::span<const std::uint8_t>(b, sizeof b));
 
   if (!(client_flags_ & flag_fixed_newstyle)) {
     // Non-fixed newstyle: NBD_OPT_EXPORT_NAME is the only option such a
@@ -259,7 +270,9 @@ void Engine::next_auto_step() {
 
 void Engine::send_option(Step step, std::uint32_t option, Bytes data) {
   step_ = step;
-  append_option(out_, option, data);
+  std::vector<std::uint8_t> msg;
+  append_option(msg, option, data);
+  queue_out(msg);
   ++chunks_sent_;
   if (step == Step::export_name)
     expect_header(Recv::export_name_reply, export_name_reply_size);
@@ -268,7 +281,16 @@ void Engine::send_option(Step step, std::uint32_t option, Bytes data) {
                   option_reply_header_size);
 }
 
+void Engine::queue_out(std::span<const std::uint8_t> bytes) {
+  // The transport may still be sending from out_ (an io_uring send in
+  // flight), so out_ must not move until it is drained: later bytes wait
+  // in out_next_.
+  auto& buf = out_.empty() ? out_ : out_next_;
+  buf.insert(buf.end(), bytes.begin(), bytes.end());
+}
+
 void Engine::begin_go(const Settings& s, Step step) {
+  list_entries_ = 0; // counts the meta contexts, then the INFO replies
   settings_.export_name = s.export_name;
   settings_.request_block_size = s.request_block_size;
   settings_.full_info = s.full_info;
@@ -296,13 +318,15 @@ void Engine::begin_go(const Settings& s, Step step) {
 }
 
 void Engine::enter_transmission() {
+  // Checked while still negotiating, so that in option mode the caller's
+  // opt_go completes (with EPROTO) like any other failed option.
+  if (pending_info_.size > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+    return fail_protocol(none, "handshake: export size is larger than 2^63-1");
   info_ = pending_info_;
   info_known_ = true;
   step_ = Step::none;
   bool from_option_mode = phase_ == Phase::option_busy;
   phase_ = Phase::transmission;
-  if (info_.size > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-    return fail_protocol(none, "handshake: export size is larger than 2^63-1");
   expect_reply();
   if (from_option_mode) push_event(Event::option_done);
 }
@@ -425,6 +449,9 @@ void Engine::on_option_reply() {
     break;
   case rep_info:
     if (step_ == Step::go || step_ == Step::info) {
+      // Unknown info types are ignored (proto.md), but not without end.
+      if (++list_entries_ > max_list_entries)
+        return fail_protocol(none, "handshake: server sent too many NBD_REP_INFO replies");
       auto r = decode_rep_info(payload);
       if (!r)
         return fail_protocol(none, "handshake: NBD_REP_INFO of the wrong length for its type");
@@ -577,7 +604,10 @@ std::uint32_t Engine::submit(const CommandSpec& c) {
   s.write_buf = c.write_buf;
   s.error = 0;
   s.covered = 0;
+  s.ranges.clear();
   s.status_chunks = 0;
+  s.large_read = c.type == cmd_read && c.count >= large_payload;
+  if (s.large_read) ++large_reads_;
   s.next = none;
   s.header_len = static_cast<std::uint8_t>(
       encode_request(s.header, {c.flags, c.type, s.cookie, c.offset, c.count}, extended_));
@@ -633,7 +663,7 @@ void Engine::check_disconnected() {
 
 std::size_t Engine::send_pending_bytes() const {
   if (phase_ == Phase::dead || phase_ == Phase::closed) return 0;
-  std::size_t n = out_.size() - out_sent_;
+  std::size_t n = out_.size() - out_sent_ + out_next_.size();
   for (std::uint32_t i = send_head_; i != none; i = slots_[i].next)
     n += slots_[i].header_len + slots_[i].write_buf.size();
   n -= head_sent_;
@@ -676,6 +706,7 @@ void Engine::commit_send(std::size_t n) {
     out_sent_ += n;
     if (out_sent_ == out_.size()) {
       out_.clear();
+      out_.swap(out_next_);
       out_sent_ = 0;
     }
     return;
@@ -729,7 +760,9 @@ void Engine::clear_events() {
 const char* Engine::protocol() const {
   if (phase_ == Phase::idle) return "";
   if (oldstyle_) return "oldstyle";
-  return (server_flags_ & flag_fixed_newstyle) ? "newstyle-fixed" : "newstyle";
+  // What both sides agreed on (libnbd): a client that declines fixed
+  // newstyle talks plain newstyle even to a fixed-newstyle server.
+  return (client_flags_ & flag_fixed_newstyle) ? "newstyle-fixed" : "newstyle";
 }
 
 // --- transmission: replies ----------------------------------------------------------
@@ -750,6 +783,10 @@ void Engine::complete(std::uint32_t slot) {
   Slot& s = slots_[slot];
   s.state = SlotState::done;
   --in_flight_;
+  if (s.large_read) {
+    s.large_read = false;
+    --large_reads_;
+  }
   {
       Event& e = push_event(Event::command_done);
       e.slot = slot;
@@ -813,6 +850,12 @@ void Engine::on_reply_header() {
 
 void Engine::on_simple_reply() {
   Slot& s = slots_[reply_slot_];
+  // proto.md: once structured replies are negotiated the server "MUST NOT
+  // use a simple reply for NBD_CMD_READ (even for the case of an early
+  // NBD_EINVAL due to bad flags)".
+  if (s.type == cmd_read && structured_)
+    return fail_protocol(reply_slot_, "server sent a simple reply to NBD_CMD_READ after "
+                                      "structured replies were negotiated");
   if (reply_.error != 0) {
     set_error(s, errno_of_nbd_error(reply_.error));
   } else if (s.type == cmd_read && s.count > 0) {
@@ -854,6 +897,9 @@ void Engine::on_chunk_header() {
     if (len != offset_hole_size) return bad("length is not 12");
     break;
   case chunk_block_status:
+    // proto.md: with extended headers the server MUST use BLOCK_STATUS_EXT
+    // (and without them MUST NOT), so either mismatch is a violation.
+    if (extended_) return bad("compact block status after extended headers were negotiated");
     if (s.type != cmd_block_status) return bad("not a block status request");
     if (len < block_status_prefix + block_status_descriptor ||
         (len - block_status_prefix) % block_status_descriptor != 0)
@@ -884,8 +930,41 @@ void Engine::on_data_offset() {
   const std::uint64_t len = reply_.length - offset_data_prefix;
   if (off < s.offset || off - s.offset > s.count || len > s.count - (off - s.offset))
     return fail_protocol(reply_slot_, "server sent an OFFSET_DATA chunk outside the request");
+  if (!claim_range(s, off - s.offset, len))
+    return fail_protocol(reply_slot_, "server sent an OFFSET_DATA chunk overlapping an earlier "
+                                      "chunk (or too many scattered chunks)");
   data_offset_ = off;
   expect(Recv::data_payload, s.read_buf.subspan(off - s.offset, len));
+}
+
+bool Engine::claim_range(Slot& s, std::uint64_t begin, std::uint64_t len) {
+  // proto.md: content chunks "MUST NOT overlap with the bounds of any
+  // earlier content chunk". The running byte total cannot see overlaps that
+  // still add up to the request (two halves both at offset 0), so track
+  // the ranges themselves. Servers send in order (one range) or nearly so;
+  // a server scattering more disjoint pieces than this is refused rather
+  // than allowed to make us track them without bound.
+  constexpr std::size_t max_ranges = 4096;
+  const std::uint64_t end = begin + len;
+  auto& r = s.ranges;
+  auto next = std::upper_bound(r.begin(), r.end(), begin,
+                               [](std::uint64_t v, const auto& x) { return v < x.first; });
+  if (next != r.begin() && std::prev(next)->second > begin) return false;
+  if (next != r.end() && next->first < end) return false;
+  const bool join_prev = next != r.begin() && std::prev(next)->second == begin;
+  const bool join_next = next != r.end() && next->first == end;
+  if (join_prev && join_next) {
+    std::prev(next)->second = next->second;
+    r.erase(next);
+  } else if (join_prev) {
+    std::prev(next)->second = end;
+  } else if (join_next) {
+    next->first = begin;
+  } else {
+    if (r.size() >= max_ranges) return false;
+    r.insert(next, {begin, end});
+  }
+  return true;
 }
 
 void Engine::on_chunk_payload() {
@@ -903,7 +982,8 @@ void Engine::on_chunk_payload() {
     if (len == 0) return bad("zero-length hole");
     if (off < s.offset || off - s.offset > s.count || len > s.count - (off - s.offset))
       return bad("hole outside the request");
-    if (len > s.count - s.covered) return bad("chunks overlap");
+    if (len > s.count - s.covered || !claim_range(s, off - s.offset, len))
+      return bad("chunks overlap (or too many scattered chunks)");
     std::memset(s.read_buf.data() + (off - s.offset), 0, static_cast<std::size_t>(len));
     s.covered += len;
     {
@@ -924,8 +1004,9 @@ void Engine::on_chunk_payload() {
     if (ctx == contexts_.end()) return bad("unknown meta context id " + std::to_string(id));
     Bytes d = p.subspan(ext ? block_status_ext_prefix : block_status_prefix);
     if (ext) {
+      // The count must describe exactly the descriptors that follow.
       std::uint32_t count = load32(p, 4);
-      if (count != 0 && count != d.size() / block_status_ext_descriptor)
+      if (count != d.size() / block_status_ext_descriptor)
         return bad("descriptor count does not match the length");
     }
     auto begin = extents_.size();
@@ -942,6 +1023,10 @@ void Engine::on_chunk_payload() {
     }
     if ((s.flags & cmd_flag_req_one) && extents_.size() - begin != 1)
       return bad("more than one extent despite REQ_ONE");
+    // proto.md: with REQ_ONE "that descriptor MUST NOT exceed the length of
+    // the original request".
+    if ((s.flags & cmd_flag_req_one) && extents_[begin].length > s.count)
+      return bad("extent longer than the request despite REQ_ONE");
     ++s.status_chunks;
     {
       Event& e = push_event(Event::extents);
@@ -965,7 +1050,9 @@ void Engine::on_chunk_payload() {
         return bad("error offset outside the request");
     }
     set_error(s, err);
-    if (s.type == cmd_read)
+    // libnbd calls the chunk callback with READ_ERROR only for an error tied
+    // to an offset (ERROR_OFFSET), never for a generic error chunk.
+    if (s.type == cmd_read && with_offset)
       {
       Event& e = push_event(Event::read_chunk);
       e.slot = reply_slot_;

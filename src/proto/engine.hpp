@@ -25,6 +25,7 @@
 #include <deque>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace nbd::proto {
@@ -163,6 +164,14 @@ public:
   void retire(std::uint32_t slot);
   /// Commands queued or awaiting replies (not yet completed).
   std::size_t in_flight() const { return in_flight_; }
+  /// Read payloads at least this big are worth a receive of their own
+  /// straight into the caller's buffer (below it, batching many replies
+  /// per receive into a staging buffer and copying is cheaper).
+  static constexpr std::size_t large_payload = 64 * 1024;
+  /// Reads of at least large_payload bytes in flight. While there are any,
+  /// a transport should not receive far ahead into a staging buffer: the
+  /// part of such a payload that lands there costs a second copy.
+  std::size_t large_reads_in_flight() const { return large_reads_; }
 
   // --- results ---------------------------------------------------------------
   std::vector<Event>& events() { return events_; }
@@ -182,6 +191,8 @@ public:
   const char* protocol() const;
   std::uint16_t server_handshake_flags() const { return server_flags_; }
   std::uint32_t client_flags() const { return client_flags_; }
+  /// True once a newstyle server's handshake flags were answered.
+  bool handshake_flags_known() const { return flags_known_; }
 
   std::uint64_t bytes_sent() const { return bytes_sent_; }
   std::uint64_t bytes_received() const { return bytes_received_; }
@@ -204,7 +215,11 @@ private:
     std::span<const std::uint8_t> write_buf;
     int error = 0;           // first error seen
     std::uint64_t covered = 0; // structured read: bytes of data + holes
+    // Structured read: the [begin, end) request-relative ranges data and
+    // holes covered so far, sorted, disjoint, adjacent ones merged.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
     std::uint32_t status_chunks = 0;
+    bool large_read = false; // counted in large_reads_
     std::uint8_t header_len = 0;
     std::array<std::uint8_t, wire::max_request_size> header{};
     std::uint32_t next = none; // send queue / free list link
@@ -248,6 +263,7 @@ private:
   void on_greeting();
   void on_handshake_flags();
   void next_auto_step();
+  void queue_out(std::span<const std::uint8_t> bytes);
   void send_option(Step step, std::uint32_t option, wire::Bytes data);
   void enter_transmission();
   void on_option_reply_header();
@@ -264,6 +280,7 @@ private:
   void on_chunk_payload();
   void on_data_offset();
   void on_chunk_done();
+  bool claim_range(Slot& s, std::uint64_t begin, std::uint64_t len);
   void expect_reply();
   void set_error(Slot& s, int err);
   void check_disconnected();
@@ -291,7 +308,8 @@ private:
   std::uint64_t data_offset_ = 0;
 
   // send side
-  std::vector<std::uint8_t> out_; // negotiation bytes
+  std::vector<std::uint8_t> out_;      // negotiation bytes being sent
+  std::vector<std::uint8_t> out_next_; // queued behind them (see queue_out)
   std::size_t out_sent_ = 0;
   std::uint32_t send_head_ = none, send_tail_ = none;
   std::size_t head_sent_ = 0; // bytes of the head command already sent
@@ -304,6 +322,7 @@ private:
   CookieMap cookies_;
   std::uint64_t next_cookie_ = 1;
   std::size_t in_flight_ = 0;
+  std::size_t large_reads_ = 0;
 
   // results
   std::vector<Event> events_;
@@ -319,6 +338,7 @@ private:
   std::vector<MetaContext> contexts_;
   std::uint16_t server_flags_ = 0;
   std::uint32_t client_flags_ = 0;
+  bool flags_known_ = false;
 
   int death_errno_ = 0;
   std::string death_reason_;

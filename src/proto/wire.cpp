@@ -129,18 +129,21 @@ std::optional<InfoReply> decode_rep_info(Bytes p) {
 }
 
 int errno_of_option_error(std::uint32_t type) {
+  // libnbd's handle_reply_error sets no errno for POLICY, PLATFORM and
+  // unknown errors, and its callers then fall back to ENOTSUP; TOO_BIG is
+  // reported as EINVAL ("the operation is too large to process").
   switch (type) {
   case rep_err_unsup: return ENOTSUP;
-  case rep_err_policy: return EPERM;
+  case rep_err_policy: return ENOTSUP;
   case rep_err_invalid: return EINVAL;
-  case rep_err_platform: return EOPNOTSUPP;
+  case rep_err_platform: return ENOTSUP;
   case rep_err_tls_reqd: return ENOTSUP;
   case rep_err_unknown: return ENOENT;
   case rep_err_shutdown: return ESHUTDOWN;
   case rep_err_block_size_reqd: return EINVAL;
-  case rep_err_too_big: return ERANGE;
+  case rep_err_too_big: return EINVAL;
   case rep_err_ext_header_reqd: return EINVAL;
-  default: return EINVAL;
+  default: return ENOTSUP;
   }
 }
 

@@ -22,10 +22,13 @@ namespace {
 
 // Small replies (headers, 4 KiB reads) are received many per recv() into a
 // staging buffer and copied once; payloads at least this big go straight
-// into their destination. 64 KiB: below it the syscall saved by batching
-// costs more than the copy.
-constexpr std::size_t staging_size = 64 * 1024;
-constexpr std::size_t direct_threshold = 64 * 1024;
+// into their destination (below 64 KiB the syscall saved by batching costs
+// more than the copy). 256 KiB holds the replies of 64 queued 4 KiB reads:
+// measured 1 recv() per batch instead of 3.5 with 64 KiB.
+constexpr std::size_t staging_size = 256 * 1024;
+constexpr std::size_t direct_threshold = proto::Engine::large_payload;
+// The staging receive while a large read is in flight (see receive()).
+constexpr std::size_t staging_size_large = 4096;
 // Enough for 64 queued writes (header + payload each) in one sendmsg.
 constexpr std::size_t max_iov = 128;
 // Bound on syscalls per notify, so one busy connection cannot starve the
@@ -174,7 +177,11 @@ private:
       if (target.empty()) return;
       const bool direct = target.size() >= direct_threshold;
       std::uint8_t* buf = direct ? target.data() : staging_.get();
-      const std::size_t want = direct ? target.size() : staging_size;
+      // While a large read is in flight, take little into staging: the
+      // rest of its payload then goes direct instead of being copied.
+      const std::size_t want = direct                                 ? target.size()
+                               : engine_.large_reads_in_flight() > 0 ? staging_size_large
+                                                                      : staging_size;
 
       ++stats_.syscalls;
       ++stats_.recv_calls;
@@ -247,8 +254,30 @@ std::unique_ptr<Transport> make_uring_transport(UniqueFd&&, proto::Engine&) {
 }
 #endif
 
+namespace {
+
+// A Unix socket's send buffer bounds how much of a write payload the
+// kernel takes per call (the peer's receive buffer plays no part for
+// AF_UNIX): with the default ~208 KiB a batch of large writes goes out in
+// many pieces, each a wakeup of both sides. Ask for 4 MiB; the kernel caps
+// it at net.core.wmem_max, and only fills it as data waits. TCP sockets
+// are left alone: setting SO_SNDBUF would switch off their autotuning.
+void tune_socket(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0 || ss.ss_family != AF_UNIX)
+    return;
+  int want = 4 * 1024 * 1024, have = 0;
+  socklen_t hl = sizeof have;
+  if (::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &have, &hl) == 0 && have >= want) return;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want); // best effort
+}
+
+} // namespace
+
 std::unique_ptr<Transport> make_transport(UniqueFd fd, proto::Engine& engine,
                                           std::optional<Kind> preference) {
+  tune_socket(fd.get());
   Kind kind = Kind::uring;
   if (preference) {
     kind = *preference;

@@ -65,6 +65,12 @@ public:
   /// hang. Throws nbd::Error when poll/io_uring_enter fails (EINTR is
   /// retried).
   virtual int wait(int timeout_ms, int extra_fd, bool& extra_ready) = 0;
+  /// Makes the engine's send progress exact before the caller drops queued
+  /// requests (SHUTDOWN_ABANDON_PENDING): a send that was only prepared is
+  /// withdrawn (nothing went out), one the kernel already has is waited for
+  /// and committed. Afterwards every byte the engine counts as unsent really
+  /// is unsent. The socket transport never holds a send between calls.
+  virtual void settle_send() {}
   /// Stops all I/O for good: on return no kernel operation references the
   /// engine's or the caller's buffers. Call it before completing commands
   /// on close or death (callers may free buffers in their callbacks).

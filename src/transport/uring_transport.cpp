@@ -35,7 +35,19 @@ constexpr unsigned ring_entries = 8;
 // One staging recv can carry dozens of small replies (64 x 4 KiB reads).
 constexpr std::size_t staging_size = 256 * 1024;
 // Payloads at least this big are received in place, no copy.
-constexpr std::size_t direct_threshold = 64 * 1024;
+constexpr std::size_t direct_threshold = proto::Engine::large_payload;
+// While a large read is in flight a staging recv takes at most this much,
+// so that little of its payload lands in staging (and is copied again):
+// the reply header and a few small replies, then the payload goes direct.
+constexpr std::size_t staging_size_large = 4096;
+// A send this small normally completes at submission (the socket buffer
+// takes it; see tune_socket): wait() then waits for two CQEs, the send's
+// and a reply's, so one io_uring_enter per batch suffices instead of two.
+constexpr std::size_t small_send = 1024 * 1024;
+// ...but never longer than this for the second CQE, in case the send does
+// block (a server that stopped reading): then wait() reaps the reply and
+// goes on as usual.
+constexpr long pair_wait_cap_ns = 1000 * 1000;
 // 64 queued writes need 128 iovecs; the kernel allows 1024 (UIO_MAXIOV).
 constexpr std::size_t max_iov = 256;
 // An SQE's length is 32 bits.
@@ -130,7 +142,12 @@ public:
         return submitted || reaped ? 1 : 0;
       }
       if (extra_fd < 0) {
-        timed_out = submit_and_wait(timeout_ms, deadline);
+        // A small send about to be submitted with a receive armed: its CQE
+        // is posted during this very enter, so waiting for just one CQE
+        // would return at once, before the reply the caller waits for.
+        const bool pair = send_in_sq_ && send_in_sq_bytes_ <= small_send &&
+                          recv_op_ != Op::none && io_uring_cq_ready(&ring_) == 0;
+        timed_out = submit_and_wait(timeout_ms, deadline, pair ? 2 : 1);
       } else {
         submit();
         std::array<pollfd, 2> fds{{{ring_.ring_fd, POLLIN, 0}, {extra_fd, POLLIN, 0}}};
@@ -143,6 +160,30 @@ public:
       // waiting for the reply instead of costing the caller another call.
       if (recv_progress_ || extra_ready || news()) return 1;
       if (timed_out) return 0;
+    }
+  }
+
+  void settle_send() override {
+    if (stopped_ || send_op_ != Op::sendmsg) return;
+    // Still in the SQ, never submitted: turn it into a NOP whose CQE is
+    // ignored, so none of those bytes ever reach the server.
+    for (unsigned i = *ring_.sq.khead; i != ring_.sq.sqe_tail; ++i) {
+      io_uring_sqe* sqe = &ring_.sq.sqes[i & ring_.sq.ring_mask];
+      if (sqe->user_data == tag_send && sqe->opcode == IORING_OP_SENDMSG) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, tag_cancel);
+        send_op_ = Op::none;
+        send_in_sq_ = false;
+        return;
+      }
+    }
+    // The kernel has it: wait for its completion (receiving meanwhile, so a
+    // server blocked on its replies keeps reading our requests).
+    while (!stopped_ && send_op_ == Op::sendmsg) {
+      arm();
+      submit_and_wait(-1, std::chrono::steady_clock::now());
+      reap();
+      stop_if_dead();
     }
   }
 
@@ -258,6 +299,9 @@ private:
     sqe->flags |= sqe_flags_;
     io_uring_sqe_set_data64(sqe, tag_send);
     send_op_ = Op::sendmsg;
+    send_in_sq_ = true;
+    send_in_sq_bytes_ = 0;
+    for (std::size_t i = 0; i < n; ++i) send_in_sq_bytes_ += iov_[i].iov_len;
   }
 
   void arm_recv() {
@@ -270,7 +314,9 @@ private:
       io_uring_prep_recv(sqe, file_, t.data(), std::min(t.size(), max_recv_len), MSG_WAITALL);
       recv_op_ = Op::direct;
     } else {
-      io_uring_prep_recv(sqe, file_, staging_.get(), staging_size, 0);
+      const std::size_t len =
+          engine_.large_reads_in_flight() > 0 ? staging_size_large : staging_size;
+      io_uring_prep_recv(sqe, file_, staging_.get(), len, 0);
       recv_op_ = Op::staging;
     }
     // Nothing waiting in the socket (the last recv drained it): arm the
@@ -301,16 +347,21 @@ private:
     if (io_uring_sq_ready(&ring_) == 0) return 0;
     ++stats_.syscalls;
     int r = io_uring_submit(&ring_);
+    send_in_sq_ = false;
     if (r >= 0) return r;
     // Transient shortage: the SQEs stay queued and direction() says WRITE.
     if (r == -EINTR || r == -EAGAIN || r == -EBUSY) return 0;
     throw Error(-r, "io_uring_enter");
   }
 
-  // Submits and blocks for a CQE in one syscall; true on timeout.
-  bool submit_and_wait(int timeout_ms, std::chrono::steady_clock::time_point deadline) {
+  // Submits and blocks for want CQEs in one syscall; true on timeout.
+  // Waiting for 2 is capped at pair_wait_cap_ns (see small_send); running
+  // into the cap is not a timeout.
+  bool submit_and_wait(int timeout_ms, std::chrono::steady_clock::time_point deadline,
+                       unsigned want = 1) {
     for (;;) {
       __kernel_timespec ts{};
+      bool timed = timeout_ms >= 0, capped = false;
       if (timeout_ms > 0) {
         auto left = std::max(deadline - std::chrono::steady_clock::now(),
                              std::chrono::steady_clock::duration::zero());
@@ -318,12 +369,19 @@ private:
         ts.tv_sec = ns / 1000000000;
         ts.tv_nsec = ns % 1000000000;
       }
+      if (want > 1 && (!timed || (ts.tv_sec == 0 && ts.tv_nsec > pair_wait_cap_ns) ||
+                       ts.tv_sec > 0)) {
+        ts.tv_sec = 0;
+        ts.tv_nsec = pair_wait_cap_ns;
+        timed = capped = true;
+      }
       io_uring_cqe* cqe = nullptr;
       ++stats_.syscalls;
-      int r = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, timeout_ms < 0 ? nullptr : &ts,
+      int r = io_uring_submit_and_wait_timeout(&ring_, &cqe, want, timed ? &ts : nullptr,
                                                nullptr);
+      send_in_sq_ = false;
       if (r >= 0) return false;
-      if (r == -ETIME) return true;
+      if (r == -ETIME) return !capped;
       if (r != -EINTR && r != -EAGAIN && r != -EBUSY) throw Error(-r, "io_uring_enter");
     }
   }
@@ -472,6 +530,8 @@ private:
   bool poll_first_ = true;
   bool sock_nonempty_ = true;   // the greeting is probably waiting already
   bool recv_progress_ = false;  // set by on_recv for wait()
+  bool send_in_sq_ = false;     // the sendmsg is prepared, not yet submitted
+  std::size_t send_in_sq_bytes_ = 0;
   std::unique_ptr<std::uint8_t[]> staging_;
   std::size_t stage_begin_ = 0, stage_end_ = 0;
   std::array<iovec, max_iov> iov_{}; // referenced by the sendmsg in flight
