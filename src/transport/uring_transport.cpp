@@ -24,6 +24,7 @@
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 
 namespace nbd::transport {
 
@@ -145,7 +146,7 @@ public:
         // A small send about to be submitted with a receive armed: its CQE
         // is posted during this very enter, so waiting for just one CQE
         // would return at once, before the reply the caller waits for.
-        const bool pair = send_in_sq_ && send_in_sq_bytes_ <= small_send &&
+        const bool pair = !getenv("XNOPAIR") && send_in_sq_ && send_in_sq_bytes_ <= small_send &&
                           recv_op_ != Op::none && io_uring_cq_ready(&ring_) == 0;
         timed_out = submit_and_wait(timeout_ms, deadline, pair ? 2 : 1);
       } else {
@@ -230,6 +231,7 @@ private:
     int r = -EINVAL;
     io_uring_params p{};
     for (unsigned flags : attempts) {
+      if (getenv("XNOCOOP") && flags != 0) continue;
       p = {};
       p.flags = flags;
       ++stats_.syscalls;
@@ -321,7 +323,7 @@ private:
     }
     // Nothing waiting in the socket (the last recv drained it): arm the
     // poll at once instead of a receive attempt bound to fail (5.19+).
-    if (poll_first_ && !sock_nonempty_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    if (!getenv("XNOPF") && poll_first_ && !sock_nonempty_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     sqe->flags |= sqe_flags_;
     io_uring_sqe_set_data64(sqe, tag_recv);
   }
