@@ -521,8 +521,10 @@ TEST_CASE("spawn_command: SIGPIPE is default and no signal is blocked") {
   sigaddset(&usr1, SIGUSR1);
   REQUIRE(::pthread_sigmask(SIG_BLOCK, &usr1, &old_mask) == 0);
 
+  // grep reads its own status: the shell itself blocks signals while it
+  // waits for a child, so /proc/$$ would show the shell's mask, not ours.
   Subprocess p = spawn_command(
-      {"sh", "-c", "grep -E '^Sig(Ign|Blk):' /proc/$$/status"});
+      {"sh", "-c", "exec grep -E '^Sig(Ign|Blk):' /proc/self/status"});
   std::string out = read_to_eof(p.sock.get());
   reap_subprocess(p.pid);
 
