@@ -390,8 +390,9 @@ void Engine::on_option_reply() {
       }
       return finish_option(err, reason);
     case Step::go:
-      if (type == rep_err_unsup) {
-        // Old servers know no GO: fall back to NBD_OPT_EXPORT_NAME.
+      if (type == rep_err_unsup && !extended_) {
+        // Old servers know no GO: fall back to NBD_OPT_EXPORT_NAME (which
+        // proto.md forbids once extended headers are negotiated).
         return send_option(Step::export_name, opt_export_name,
                            export_name_data(settings_.export_name));
       }
@@ -427,6 +428,8 @@ void Engine::on_option_reply() {
                                        std::string(option_name(opt_reply_.option)) +
                                        " without NBD_INFO_EXPORT");
       if (step_ == Step::go) return enter_transmission();
+      if (pending_info_.size > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        return fail_protocol(none, "handshake: export size is larger than 2^63-1");
       info_ = pending_info_;
       info_known_ = true;
       return finish_option(0, {});
