@@ -3,8 +3,12 @@
 
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,12 +59,23 @@ TempDir::~TempDir() {
 }
 
 Server::Server(std::vector<std::string> args, bool tcp) {
+  // Port 0 is not accepted by nbdkit; take a port the kernel just said was
+  // free, and retry on the rare collision with another process.
+  for (int attempt = 0;; ++attempt) {
+    try {
+      start(args, tcp);
+      return;
+    } catch (const std::runtime_error&) {
+      if (!tcp || attempt >= 9) throw;
+    }
+  }
+}
+
+void Server::start(const std::vector<std::string>& args, bool tcp) {
   std::string pidfile = dir_.file("pid");
   std::vector<std::string> argv{"nbdkit", "-f", "--exit-with-parent", "-P", pidfile};
   if (tcp) {
-    // Port 0 is not accepted by nbdkit; pick a free one from a range the
-    // test owns by pid, and retry on collision.
-    port_ = std::to_string(20000 + (::getpid() * 7 + std::rand()) % 20000);
+    port_ = unused_tcp_port();
     argv.insert(argv.end(), {"-i", "127.0.0.1", "-p", port_});
   } else {
     socket_ = dir_.file("sock");
@@ -107,6 +122,86 @@ std::string Server::uri(const std::string& export_name) const {
 std::uint8_t pattern_byte(std::uint64_t offset) {
   std::uint64_t word = offset & ~std::uint64_t{7};
   return static_cast<std::uint8_t>(word >> (8 * (7 - (offset & 7))));
+}
+
+std::string expected_transport() {
+  const char* t = std::getenv("NBDCPP_TRANSPORT");
+  return t && std::string(t) == "socket" ? "socket" : "io_uring";
+}
+
+void poll_loop(nbd::Handle& h, const std::function<bool()>& done) {
+  int idle_rounds = 0;
+  while (!done()) {
+    unsigned dir = h.aio_get_direction();
+    REQUIRE_MESSAGE(dir != 0, "poll_loop: the handle waits for nothing but the test is not done");
+    pollfd p{h.aio_get_fd(), 0, 0};
+    if (dir & nbd::AIO_DIRECTION_READ) p.events |= POLLIN;
+    if (dir & nbd::AIO_DIRECTION_WRITE) p.events |= POLLOUT;
+    int r = ::poll(&p, 1, 1000);
+    if (r < 0 && errno == EINTR) continue;
+    REQUIRE(r >= 0);
+    if (r == 0) {
+      REQUIRE_MESSAGE(++idle_rounds < 60, "poll_loop: no progress for 60 s");
+      continue;
+    }
+    idle_rounds = 0;
+    if (p.revents & (POLLIN | POLLHUP | POLLERR)) h.aio_notify_read();
+    if ((p.revents & POLLOUT) && !done()) h.aio_notify_write();
+  }
+}
+
+pid_t spawn_nbdkit_on_fd(int fd, std::vector<std::string> args) {
+  std::vector<std::string> argv = nbdkit(std::move(args));
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    ::dup2(fd, 0);
+    ::dup2(fd, 1);
+    if (fd > 1) ::close(fd);
+    ::execvp(cargv[0], cargv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+void reap(pid_t pid) {
+  if (pid <= 0) return;
+  int status;
+  // nbdkit -s exits once its connection closes; give it a moment, then insist.
+  for (int i = 0; i < 200; ++i) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid, SIGTERM);
+  ::waitpid(pid, &status, 0);
+}
+
+void make_file(const std::string& path, std::uint64_t size) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot create " + path);
+  int r = ::ftruncate(fd, static_cast<off_t>(size));
+  ::close(fd);
+  if (r != 0) throw std::runtime_error("cannot size " + path);
+}
+
+std::string unused_tcp_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) throw std::runtime_error("socket failed");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(s);
+    throw std::runtime_error("bind failed");
+  }
+  ::close(s);
+  return std::to_string(ntohs(a.sin_port));
 }
 
 } // namespace nbdtest

@@ -10,6 +10,8 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,6 +59,8 @@ public:
   std::string uri(const std::string& export_name = "") const;
 
 private:
+  void start(const std::vector<std::string>& args, bool tcp);
+
   TempDir dir_;
   std::string socket_, port_;
   pid_t pid_ = -1;
@@ -65,5 +69,76 @@ private:
 /// A byte pattern nbdkit's pattern plugin serves: each 8-byte big-endian
 /// word holds its own offset.
 std::uint8_t pattern_byte(std::uint64_t offset);
+
+// --- added for the Handle integration tests ----------------------------------
+
+/// What Handle::get_transport_name() must report under the NBDCPP_TRANSPORT
+/// this run uses: "socket" when it says socket, else "io_uring".
+std::string expected_transport();
+
+/// Drives h with the test's own ::poll() loop, the way an application's
+/// event loop would: poll aio_get_fd() for aio_get_direction(), then
+/// aio_notify_read() / aio_notify_write(), until done() holds. Fails the
+/// test (instead of hanging) if nothing at all happens for 60 s, or if the
+/// handle asks for no events while done() is still false.
+void poll_loop(nbd::Handle& h, const std::function<bool()>& done);
+
+/// Runs `nbdkit -s --exit-with-parent ARGS...` with fd as its stdin and
+/// stdout (for connect_socket with one end of a socketpair). Returns its pid;
+/// the caller closes its own end and calls reap().
+pid_t spawn_nbdkit_on_fd(int fd, std::vector<std::string> args);
+
+/// waitpid(pid), sending SIGTERM first if it is still running after the
+/// caller closed its connection.
+void reap(pid_t pid);
+
+/// Creates (or truncates) a sparse file of the given size.
+void make_file(const std::string& path, std::uint64_t size);
+
+/// A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
+std::string unused_tcp_port();
+
+/// Runs f; returns the errno of the nbd::Error it threw, or 0 if it did not
+/// throw (any other exception propagates and fails the test).
+template <typename F>
+int error_of(F&& f) {
+  try {
+    f();
+  } catch (const nbd::Error& e) {
+    return e.errnum();
+  }
+  return 0;
+}
+
+/// Counts how often a callback ran and how often the callable itself was
+/// destroyed: moved-from shells do not count, so `destroyed` is exactly the
+/// number of live callables that died.
+struct CallCounter {
+  int calls = 0;
+  int destroyed = 0;
+  std::vector<int> errors; // *error as each completion saw it
+};
+
+/// A completion callback that records into a CallCounter and returns ret.
+struct CountedCompletion {
+  CallCounter* c;
+  int ret = 1;
+  bool owner = true;
+  CountedCompletion(CallCounter* counter, int r = 1) : c(counter), ret(r) {}
+  CountedCompletion(CountedCompletion&& o) noexcept : c(o.c), ret(o.ret), owner(o.owner) {
+    o.owner = false;
+  }
+  CountedCompletion(const CountedCompletion&) = delete;
+  CountedCompletion& operator=(const CountedCompletion&) = delete;
+  CountedCompletion& operator=(CountedCompletion&&) = delete;
+  ~CountedCompletion() {
+    if (owner) ++c->destroyed;
+  }
+  int operator()(int* error) {
+    ++c->calls;
+    c->errors.push_back(*error);
+    return ret;
+  }
+};
 
 } // namespace nbdtest
