@@ -283,7 +283,10 @@ TEST_CASE("plugin: lifetimes: shutdown(SHUTDOWN_ABANDON_PENDING): once each, 0 o
     CHECK(c[i].calls == 1);
     CHECK(c[i].destroyed == 1);
     REQUIRE(c[i].errors.size() == 1);
-    CHECK((c[i].errors[0] == 0 || c[i].errors[0] == ENOTCONN));
+    // ENOTCONN: abandoned before it was sent. ESHUTDOWN: sent, but a
+    // multi-threaded nbdkit read NBD_CMD_DISC before it ran the request,
+    // and refuses requests once shutting down.
+    CHECK((c[i].errors[0] == 0 || c[i].errors[0] == ENOTCONN || c[i].errors[0] == ESHUTDOWN));
     if (c[i].errors[0] == 0) ++ok;
   }
   CHECK(log.named("pread").size() == ok);
