@@ -611,6 +611,8 @@ std::uint32_t Engine::submit(const CommandSpec& c) {
   s.status_chunks = 0;
   s.large_read = c.type == cmd_read && c.count >= large_payload;
   if (s.large_read) ++large_reads_;
+  if (c.type == cmd_read) read_bytes_ += c.count;
+  write_bytes_ += c.write_buf.size();
   s.next = none;
   s.header_len = static_cast<std::uint8_t>(
       encode_request(s.header, {c.flags, c.type, s.cookie, c.offset, c.count}, extended_));
@@ -790,6 +792,8 @@ void Engine::complete(std::uint32_t slot) {
     s.large_read = false;
     --large_reads_;
   }
+  if (s.type == cmd_read) read_bytes_ -= s.count;
+  write_bytes_ -= s.write_buf.size();
   {
       Event& e = push_event(Event::command_done);
       e.slot = slot;

@@ -172,6 +172,11 @@ public:
   /// a transport should not receive far ahead into a staging buffer: the
   /// part of such a payload that lands there costs a second copy.
   std::size_t large_reads_in_flight() const { return large_reads_; }
+  /// Payload bytes of the reads and of the writes in flight (queued or
+  /// awaiting replies): bounds on what the server may still send us and on
+  /// what of ours may still sit unread in the socket.
+  std::uint64_t read_bytes_in_flight() const { return read_bytes_; }
+  std::uint64_t write_bytes_in_flight() const { return write_bytes_; }
 
   // --- results ---------------------------------------------------------------
   std::vector<Event>& events() { return events_; }
@@ -323,6 +328,7 @@ private:
   std::uint64_t next_cookie_ = 1;
   std::size_t in_flight_ = 0;
   std::size_t large_reads_ = 0;
+  std::uint64_t read_bytes_ = 0, write_bytes_ = 0;
 
   // results
   std::vector<Event> events_;

@@ -24,7 +24,6 @@
 #include <array>
 #include <cerrno>
 #include <chrono>
-#include <cstdlib>
 
 namespace nbd::transport {
 
@@ -41,14 +40,11 @@ constexpr std::size_t direct_threshold = proto::Engine::large_payload;
 // so that little of its payload lands in staging (and is copied again):
 // the reply header and a few small replies, then the payload goes direct.
 constexpr std::size_t staging_size_large = 4096;
-// A send this small normally completes at submission (the socket buffer
-// takes it; see tune_socket): wait() then waits for two CQEs, the send's
-// and a reply's, so one io_uring_enter per batch suffices instead of two.
-constexpr std::size_t small_send = 1024 * 1024;
-// ...but never longer than this for the second CQE, in case the send does
-// block (a server that stopped reading): then wait() reaps the reply and
-// goes on as usual.
-constexpr long pair_wait_cap_ns = 1000 * 1000;
+// Waiting for a send's CQE and a reply's in one io_uring_enter (see
+// pair_wait()) is safe within these bounds.
+constexpr std::size_t pair_send_max = 16 * 1024;
+constexpr std::uint64_t pair_bytes_max = 128 * 1024;
+constexpr std::size_t pair_commands_max = 64;
 // 64 queued writes need 128 iovecs; the kernel allows 1024 (UIO_MAXIOV).
 constexpr std::size_t max_iov = 256;
 // An SQE's length is 32 bits.
@@ -75,6 +71,10 @@ public:
     // Optional features: failures only cost speed.
     io_uring_ring_dontfork(&ring_); // the handle may fork a server
     const int sock = fd_.get();
+    sockaddr_storage ss{};
+    socklen_t sslen = sizeof ss;
+    unix_socket_ = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &sslen) == 0 &&
+                   ss.ss_family == AF_UNIX;
     if (io_uring_register_files(&ring_, &sock, 1) == 0) {
       file_ = 0; // index in the registered file table
       sqe_flags_ = IOSQE_FIXED_FILE;
@@ -143,12 +143,7 @@ public:
         return submitted || reaped ? 1 : 0;
       }
       if (extra_fd < 0) {
-        // A small send about to be submitted with a receive armed: its CQE
-        // is posted during this very enter, so waiting for just one CQE
-        // would return at once, before the reply the caller waits for.
-        const bool pair = !getenv("XNOPAIR") && send_in_sq_ && send_in_sq_bytes_ <= small_send &&
-                          recv_op_ != Op::none && io_uring_cq_ready(&ring_) == 0;
-        timed_out = submit_and_wait(timeout_ms, deadline, pair ? 2 : 1);
+        timed_out = submit_and_wait(timeout_ms, deadline, pair_wait() ? 2 : 1);
       } else {
         submit();
         std::array<pollfd, 2> fds{{{ring_.ring_fd, POLLIN, 0}, {extra_fd, POLLIN, 0}}};
@@ -178,8 +173,11 @@ public:
         return;
       }
     }
-    // The kernel has it: wait for its completion (receiving meanwhile, so a
-    // server blocked on its replies keeps reading our requests).
+    // The kernel has it. Waiting for it to finish could take forever (a
+    // server that stopped reading), so cancel it: the CQE of a cancelled
+    // send carries the bytes it did send (io_sendrecv_fail, kernel 6.0+),
+    // or -ECANCELED when none went out. Receive meanwhile, as usual.
+    cancel(tag_send);
     while (!stopped_ && send_op_ == Op::sendmsg) {
       arm();
       submit_and_wait(-1, std::chrono::steady_clock::now());
@@ -231,7 +229,6 @@ private:
     int r = -EINVAL;
     io_uring_params p{};
     for (unsigned flags : attempts) {
-      if (getenv("XNOCOOP") && flags != 0) continue;
       p = {};
       p.flags = flags;
       ++stats_.syscalls;
@@ -323,7 +320,7 @@ private:
     }
     // Nothing waiting in the socket (the last recv drained it): arm the
     // poll at once instead of a receive attempt bound to fail (5.19+).
-    if (!getenv("XNOPF") && poll_first_ && !sock_nonempty_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    if (poll_first_ && !sock_nonempty_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     sqe->flags |= sqe_flags_;
     io_uring_sqe_set_data64(sqe, tag_recv);
   }
@@ -356,14 +353,33 @@ private:
     throw Error(-r, "io_uring_enter");
   }
 
+  // A request about to be submitted with a receive armed: the send's CQE
+  // is posted during the very enter that submits it, so waiting for one CQE
+  // would return at once and cost a second io_uring_enter for the reply the
+  // caller waits for. Waiting for two is safe only if both surely come:
+  // - the send carries everything pending and the engine is transmitting,
+  //   so the server has all it needs to answer, and answers something;
+  // - the send cannot block: a Unix socket whose buffer (>= 208 KiB by
+  //   default) holds at most our bounded unread requests and write
+  //   payloads, so it completes at submission (TCP may not: not paired);
+  // - the server cannot be blocked on writing to us, which would stop it
+  //   reading: what it still owes us is bounded well below its buffer.
+  // A failed send means a dead connection, whose receive then ends too.
+  bool pair_wait() const {
+    return unix_socket_ && send_in_sq_ && recv_op_ != Op::none &&
+           io_uring_cq_ready(&ring_) == 0 && engine_.phase() == proto::Phase::transmission &&
+           send_in_sq_bytes_ <= pair_send_max &&
+           send_in_sq_bytes_ == engine_.send_pending_bytes() &&
+           engine_.in_flight() <= pair_commands_max &&
+           engine_.read_bytes_in_flight() <= pair_bytes_max &&
+           engine_.write_bytes_in_flight() <= pair_bytes_max;
+  }
+
   // Submits and blocks for want CQEs in one syscall; true on timeout.
-  // Waiting for 2 is capped at pair_wait_cap_ns (see small_send); running
-  // into the cap is not a timeout.
   bool submit_and_wait(int timeout_ms, std::chrono::steady_clock::time_point deadline,
                        unsigned want = 1) {
     for (;;) {
       __kernel_timespec ts{};
-      bool timed = timeout_ms >= 0, capped = false;
       if (timeout_ms > 0) {
         auto left = std::max(deadline - std::chrono::steady_clock::now(),
                              std::chrono::steady_clock::duration::zero());
@@ -371,19 +387,13 @@ private:
         ts.tv_sec = ns / 1000000000;
         ts.tv_nsec = ns % 1000000000;
       }
-      if (want > 1 && (!timed || (ts.tv_sec == 0 && ts.tv_nsec > pair_wait_cap_ns) ||
-                       ts.tv_sec > 0)) {
-        ts.tv_sec = 0;
-        ts.tv_nsec = pair_wait_cap_ns;
-        timed = capped = true;
-      }
       io_uring_cqe* cqe = nullptr;
       ++stats_.syscalls;
-      int r = io_uring_submit_and_wait_timeout(&ring_, &cqe, want, timed ? &ts : nullptr,
+      int r = io_uring_submit_and_wait_timeout(&ring_, &cqe, want, timeout_ms < 0 ? nullptr : &ts,
                                                nullptr);
       send_in_sq_ = false;
       if (r >= 0) return false;
-      if (r == -ETIME) return !capped;
+      if (r == -ETIME) return true;
       if (r != -EINTR && r != -EAGAIN && r != -EBUSY) throw Error(-r, "io_uring_enter");
     }
   }
@@ -497,6 +507,7 @@ private:
     }
     switch (-res) {
     case EINTR: break;
+    case ECANCELED: break; // settle_send withdrew it before any byte went out
     case EAGAIN: arm_poll(tag_send_poll, POLLOUT); break;
     default: engine_.on_io_error(-res, "send");
     }
@@ -533,6 +544,7 @@ private:
   bool sock_nonempty_ = true;   // the greeting is probably waiting already
   bool recv_progress_ = false;  // set by on_recv for wait()
   bool send_in_sq_ = false;     // the sendmsg is prepared, not yet submitted
+  bool unix_socket_ = false;    // AF_UNIX (see pair_wait)
   std::size_t send_in_sq_bytes_ = 0;
   std::unique_ptr<std::uint8_t[]> staging_;
   std::size_t stage_begin_ = 0, stage_end_ = 0;
