@@ -503,9 +503,10 @@ public:
   /// aio_notify_write without exceptions.
   void aio_notify_write(std::error_code& ec) noexcept;
   /// Waits up to timeout ms (-1 forever) and makes progress. Returns 1 if
-  /// something happened, 0 on timeout. States: connecting to closed (on a
-  /// dead or closed handle it returns at once). Errors: ENOTCONN (created),
-  /// EDEADLK, the errno of poll / io_uring_enter. libnbd: nbd_poll.
+  /// something happened, 0 on timeout. States: connecting, negotiating,
+  /// ready, processing. Errors: ENOTCONN (created), EINVAL (dead or closed:
+  /// nothing to poll for, as in libnbd), EDEADLK (called from a callback),
+  /// the errno of poll / io_uring_enter. libnbd: nbd_poll.
   int poll(int timeout);
   /// poll without exceptions: returns -1 and sets ec instead.
   int poll(int timeout, std::error_code& ec) noexcept;
