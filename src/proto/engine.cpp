@@ -639,6 +639,18 @@ void Engine::abandon_unsent(int err) {
   // The head may be partly on the wire already; it has to go out whole.
   std::uint32_t keep = head_sent_ > 0 ? send_head_ : none;
   std::uint32_t i = keep == none ? send_head_ : slots_[keep].next;
+  // A reply being received for a command that never went out means the
+  // server guessed its cookie (the transport settled its sends first).
+  // Completing that command now would let the rest of the payload land in
+  // a buffer its caller may already have freed, so stop the connection
+  // instead: die() ends the receive before anything completes. (Found by
+  // fuzz/fuzz_transmission; corpus: abandon-mid-reply.)
+  const bool mid_payload = recv_ == Recv::simple_read_payload || recv_ == Recv::chunk_payload ||
+                           recv_ == Recv::data_offset || recv_ == Recv::data_payload;
+  if (mid_payload)
+    for (std::uint32_t j = i; j != none; j = slots_[j].next)
+      if (j == reply_slot_)
+        return fail_protocol(j, "server replied to a command that was never sent");
   while (i != none) {
     std::uint32_t next = slots_[i].next;
     slots_[i].next = none;

@@ -281,8 +281,23 @@ private:
     if (!is_live(engine_)) return;
     // The request goes first in the SQ: the recv after it may then find
     // its reply without a trip through poll.
-    if (send_op_ == Op::none && engine_.send_pending_bytes() > 0) arm_send();
+    if (send_op_ == Op::none && engine_.send_pending_bytes() > 0)
+      arm_send();
+    else if (send_in_sq_)
+      refresh_send();
     if (recv_op_ == Op::none && stage_begin_ == stage_end_) arm_recv();
+  }
+
+  // The sendmsg is prepared but not submitted yet, and more was queued
+  // since (commands queued one by one before the next poll): the kernel
+  // reads msg_ and iov_ only when the SQE is submitted, so widen them to
+  // everything pending. One sendmsg per batch instead of two.
+  void refresh_send() {
+    std::size_t n = engine_.send_segments(iov_);
+    if (n == 0) return;
+    msg_.msg_iovlen = n;
+    send_in_sq_bytes_ = 0;
+    for (std::size_t i = 0; i < n; ++i) send_in_sq_bytes_ += iov_[i].iov_len;
   }
 
   void arm_send() {
