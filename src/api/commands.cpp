@@ -209,7 +209,8 @@ std::uint64_t Handle::aio_pread(std::span<std::uint8_t> buf, std::uint64_t offse
   NBD_LOCK;
   // Zeroed before any check: a rejected or failed read never leaves stale
   // memory for the caller to mistake for data.
-  if (impl_->pread_initialize) std::memset(buf.data(), 0, buf.size());
+  // (An empty span may have a null data(): memset(nullptr, 0, 0) is UB.)
+  if (impl_->pread_initialize && !buf.empty()) std::memset(buf.data(), 0, buf.size());
   proto::CommandSpec spec{wire::cmd_read, static_cast<std::uint16_t>(flags), offset, buf.size(), buf, {}};
   impl_->check_command("aio_pread", spec, flags);
   return impl_->submit("aio_pread", spec, CommandRecord{.completion = std::move(cb)});
@@ -225,7 +226,7 @@ std::uint64_t Handle::aio_pread_structured(std::span<std::uint8_t> buf, std::uin
                                            ChunkCallback chunk, CompletionCallback cb,
                                            std::uint32_t flags) {
   NBD_LOCK;
-  if (impl_->pread_initialize) std::memset(buf.data(), 0, buf.size());
+  if (impl_->pread_initialize && !buf.empty()) std::memset(buf.data(), 0, buf.size());
   proto::CommandSpec spec{wire::cmd_read, static_cast<std::uint16_t>(flags), offset, buf.size(), buf, {}};
   impl_->check_command("aio_pread_structured", spec, flags, true);
   // Without structured replies the whole read arrives as one simple reply;
