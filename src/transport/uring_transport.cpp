@@ -11,6 +11,7 @@
 // the connection dies: close() does not cancel io_uring requests, so
 // quiesce() shuts the socket down, cancels, and reaps every CQE.
 
+#include "transport/poll_wait.hpp"
 #include "transport/transport.hpp"
 
 #include <nbdcpp/error.hpp>
@@ -415,18 +416,7 @@ private:
 
   int poll_until(pollfd* fds, std::size_t n, int timeout_ms,
                  std::chrono::steady_clock::time_point deadline) {
-    for (;;) {
-      int t = timeout_ms;
-      if (timeout_ms > 0) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
-        t = left.count() > 0 ? static_cast<int>(left.count()) : 0;
-      }
-      ++stats_.syscalls;
-      int r = ::poll(fds, n, t);
-      if (r >= 0) return r;
-      if (errno != EINTR) throw Error(errno, "poll");
-    }
+    return transport::poll_until(fds, n, timeout_ms, deadline, stats_.syscalls);
   }
 
   // Nothing in flight: only the caller's fd can wake us.

@@ -313,7 +313,10 @@ TEST_CASE("plugin: lifetimes: aio_disconnect, then the handle drains and closes"
   h.aio_disconnect();
   run_until_gone(h);
   CHECK(h.aio_is_closed());
-  CHECK(c.errors == std::vector<int>{0});
+  // A multi-threaded nbdkit may read NBD_CMD_DISC before its worker runs
+  // the delayed read, which it then refuses with ESHUTDOWN.
+  REQUIRE(c.errors.size() == 1);
+  CHECK((c.errors[0] == 0 || c.errors[0] == ESHUTDOWN));
   CHECK(c.destroyed == 1);
 }
 
