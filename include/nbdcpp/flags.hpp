@@ -58,9 +58,9 @@ inline constexpr const char* CONTEXT_BASE_ALLOCATION = "base:allocation"; ///< t
 inline constexpr std::uint32_t STATE_HOLE = 1; ///< base:allocation: the extent is not allocated
 inline constexpr std::uint32_t STATE_ZERO = 2; ///< base:allocation: the extent reads as zeroes
 
-/// set_tls (TLS is not supported yet: only TLS_DISABLE is accepted).
-inline constexpr int TLS_DISABLE = 0; ///< no TLS (the only value accepted for now)
-inline constexpr int TLS_ALLOW = 1; ///< TLS if the server offers it (not supported yet)
-inline constexpr int TLS_REQUIRE = 2; ///< TLS or fail (not supported yet)
+/// set_tls.
+inline constexpr int TLS_DISABLE = 0; ///< no TLS
+inline constexpr int TLS_ALLOW = 1;   ///< TLS if the server agrees, else plaintext
+inline constexpr int TLS_REQUIRE = 2; ///< TLS or fail: never plaintext
 
 } // namespace nbd

@@ -218,12 +218,60 @@ public:
   /// "io_uring", "socket", or "" before a connection exists. Any state.
   /// nbdcpp only.
   std::string get_transport_name() const;
-  /// TLS is not supported yet: only TLS_DISABLE is accepted. States:
-  /// created. Errors: EINVAL (not a TLS_* value, or other states), ENOTSUP
-  /// (TLS_ALLOW, TLS_REQUIRE). libnbd: nbd_set_tls.
+  /// Whether to use TLS: TLS_DISABLE (the default), TLS_ALLOW (use it if
+  /// the server agrees to NBD_OPT_STARTTLS, else carry on in plaintext) or
+  /// TLS_REQUIRE (fail rather than speak plaintext; nbds:// URIs set it).
+  /// States: created. Errors: EINVAL (not a TLS_* value), ENOTSUP (a value
+  /// other than TLS_DISABLE in a build without TLS: see supports_tls).
+  /// libnbd: nbd_set_tls.
   void set_tls(int tls);
   /// Any state. libnbd: nbd_get_tls.
   int get_tls() const;
+  /// True if this build of nbdcpp has TLS (GnuTLS). libnbd: nbd_supports_tls.
+  static bool supports_tls();
+  /// True once a TLS session was set up with the server (in option mode,
+  /// after opt_starttls; otherwise once connected). Errors: ENOTCONN
+  /// before a connection exists. libnbd: nbd_get_tls_negotiated.
+  bool get_tls_negotiated() const;
+  /// A directory holding ca-cert.pem (the CA that signed the server's
+  /// certificate), and optionally client-cert.pem + client-key.pem (for
+  /// servers that check the client) and ca-crl.pem. Without one, nbdcpp
+  /// looks in $HOME/.pki/libnbd, $HOME/.config/pki/libnbd (or, as root,
+  /// /etc/pki/libnbd) like libnbd, then falls back to the system's CAs.
+  /// Unused when a PSK file is set. States: created. libnbd:
+  /// nbd_set_tls_certificates.
+  void set_tls_certificates(std::string_view dir);
+  /// Whether to check the server's certificate (default true). nbdcpp
+  /// checks the chain against the CA always, and the server's name when
+  /// one is known (set_tls_hostname, else the TCP host name); libnbd skips
+  /// the check entirely on Unix sockets. States: created. libnbd:
+  /// nbd_set_tls_verify_peer.
+  void set_tls_verify_peer(bool verify);
+  /// Any state. libnbd: nbd_get_tls_verify_peer.
+  bool get_tls_verify_peer() const;
+  /// The PSK identity looked up in the PSK file (default: the login name).
+  /// States: created. libnbd: nbd_set_tls_username.
+  void set_tls_username(std::string_view username);
+  /// The name set, else the login name. Errors: the errno of getlogin_r /
+  /// getpwuid when there is none. libnbd: nbd_get_tls_username.
+  std::string get_tls_username() const;
+  /// Use TLS-PSK with this file of "username:hexkey" lines (psktool's
+  /// format) instead of certificates. States: created. libnbd:
+  /// nbd_set_tls_psk_file.
+  void set_tls_psk_file(std::string_view path);
+  /// The name to check the server's certificate against and to send as
+  /// SNI (default: the host name of connect_tcp / nbds://). States:
+  /// created. libnbd 1.22+: nbd_set_tls_hostname.
+  void set_tls_hostname(std::string_view hostname);
+  /// The name set, else the TCP host name once connecting, else "". Any
+  /// state. libnbd 1.22+: nbd_get_tls_hostname.
+  std::string get_tls_hostname() const;
+  /// Whether connect_uri may read local files named in the URI
+  /// (tls-psk-file=, tls-certificates=); default false, as in libnbd.
+  /// States: created. libnbd: nbd_set_uri_allow_local_file.
+  void set_uri_allow_local_file(bool allow);
+  /// Any state. libnbd: nbd_get_uri_allow_local_file.
+  bool get_uri_allow_local_file() const;
   ///@}
 
   /// @name Connecting
@@ -238,9 +286,13 @@ public:
   ///@{
 
   /// Connects to an NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH,
-  /// nbd+vsock://cid[:port]/export. Errors: EINVAL (bad URI), ENOTSUP
-  /// (nbds:// and other TLS schemes), plus the above. Resolving a host name
-  /// blocks, as in libnbd. libnbd: nbd_connect_uri.
+  /// nbd+vsock://cid[:port]/export, and the nbds* forms, which require TLS.
+  /// Query parameters: socket=, tls-certificates=DIR, tls-psk-file=FILE
+  /// (both need set_uri_allow_local_file(true)), tls-username=,
+  /// tls-hostname=, tls-verify-peer=; a user@ in the authority sets the TLS
+  /// username. Errors: EINVAL (bad URI), EPERM (a local file parameter not
+  /// allowed), ENOTSUP (nbds:// in a build without TLS), plus the above.
+  /// Resolving a host name blocks, as in libnbd. libnbd: nbd_connect_uri.
   void connect_uri(std::string_view uri);
   /// Connects to a Unix domain socket. libnbd: nbd_connect_unix.
   void connect_unix(std::string_view path);
@@ -333,6 +385,14 @@ public:
   /// NBD_OPT_EXTENDED_HEADERS: true if the server agreed, false if it
   /// declined. libnbd 1.18+: nbd_opt_extended_headers.
   bool opt_extended_headers();
+  /// NBD_OPT_STARTTLS, then the TLS handshake with the set_tls_*
+  /// credentials: true if the connection is now encrypted, false if the
+  /// server declined (the connection stays plaintext and usable). What was
+  /// negotiated before (structured replies, meta contexts, export info) is
+  /// forgotten, as proto.md requires. Errors also: EINVAL (TLS_DISABLE, or
+  /// TLS already negotiated), EIO and the credential errors (a failed
+  /// handshake kills the handle). libnbd 1.16+: nbd_opt_starttls.
+  bool opt_starttls();
   /// Starts opt_go. libnbd: nbd_aio_opt_go.
   void aio_opt_go(CompletionCallback cb = {});
   /// Starts opt_abort. libnbd: nbd_aio_opt_abort.
@@ -359,6 +419,9 @@ public:
   /// Starts opt_extended_headers. libnbd 1.18+:
   /// nbd_aio_opt_extended_headers.
   void aio_opt_extended_headers(CompletionCallback cb = {});
+  /// Starts opt_starttls (a refusal arrives as *error = ENOTSUP). libnbd
+  /// 1.16+: nbd_aio_opt_starttls.
+  void aio_opt_starttls(CompletionCallback cb = {});
   ///@}
 
   /// @name Commands, blocking

@@ -61,8 +61,33 @@ void Handle::Impl::start_engine(transport::UniqueFd fd) {
   }
   debug_log("connect", fmt::format("connected; transport {}",
                                     transport->kind() == transport::Kind::uring ? "io_uring" : "socket"));
+  settings.tls = tls;
+  // Also with TLS_DISABLE: option mode may still call opt_starttls.
+  tls::TlsConfig c = tls_config;
+  if (c.hostname.empty()) c.hostname = tcp_host;
+  settings.make_tls = tls::make_factory(std::move(c));
   engine.start(settings);
   transport->flush();
+}
+
+void Handle::Impl::apply_uri_tls(const char* fn, const transport::Uri& u) {
+  if (u.tls) {
+    if (!tls::supported())
+      fail(ENOTSUP, fn, "TLS URIs (nbds://) need nbdcpp built with GnuTLS");
+    tls = TLS_REQUIRE;
+  }
+  // As libnbd: a URI may name local files only if the caller allowed it,
+  // since URIs often come from elsewhere.
+  for (const char* param : {"tls-certificates", "tls-psk-file"})
+    if (u.query_value(param) && !uri_allow_local_file)
+      fail(EPERM, fn, fmt::format("local file access ({}) is not allowed, call "
+                                  "set_uri_allow_local_file to enable this", param));
+  if (!u.tls_username.empty()) tls_config.username = u.tls_username;
+  if (auto v = u.query_value("tls-username")) tls_config.username = *v;
+  if (auto v = u.query_value("tls-certificates")) tls_config.certificates = *v;
+  if (auto v = u.query_value("tls-psk-file")) tls_config.psk_file = *v;
+  if (auto v = u.query_value("tls-hostname")) tls_config.hostname = *v;
+  if (u.tls_verify_peer) tls_config.verify_peer = *u.tls_verify_peer;
 }
 
 void Handle::Impl::wait_connected(Lock& lock, const char* fn) {
@@ -92,6 +117,7 @@ void Handle::aio_connect_tcp(std::string_view host, std::string_view port) {
     impl_->connect_error(e.errnum(), e.what());
     throw;
   }
+  impl_->tcp_host = host;
   impl_->start_connect("aio_connect_tcp", std::move(*c));
 }
 
@@ -145,8 +171,7 @@ void Handle::aio_connect_uri(std::string_view uri) {
     impl_->connect_error(e.errnum(), e.what());
     throw;
   }
-  if (u.tls)
-    impl_->fail(ENOTSUP, "aio_connect_uri", "TLS (nbds://) is not supported yet by nbdcpp");
+  impl_->apply_uri_tls("aio_connect_uri", u);
   impl_->settings.export_name = u.export_name;
   switch (u.kind) {
   case transport::Uri::Kind::unix_socket:
@@ -160,6 +185,7 @@ void Handle::aio_connect_uri(std::string_view uri) {
       impl_->connect_error(e.errnum(), e.what());
       throw;
     }
+    impl_->tcp_host = u.host;
     impl_->start_connect("aio_connect_uri", std::move(*c));
     break;
   }

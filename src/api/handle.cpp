@@ -294,12 +294,61 @@ std::string Handle::get_transport_name() const {
 void Handle::set_tls(int tls) {
   NBD_SETTING("set_tls");
   if (tls < TLS_DISABLE || tls > TLS_REQUIRE) impl_->fail(EINVAL, "set_tls", "invalid TLS setting");
-  if (tls != TLS_DISABLE) impl_->fail(ENOTSUP, "set_tls", "TLS is not supported yet");
+  if (tls != TLS_DISABLE && !tls::supported())
+    impl_->fail(ENOTSUP, "set_tls", "nbdcpp was built without TLS support");
   impl_->tls = tls;
 }
 int Handle::get_tls() const {
   NBD_LOCK;
   return impl_->tls;
+}
+bool Handle::supports_tls() { return tls::supported(); }
+bool Handle::get_tls_negotiated() const {
+  NBD_LOCK;
+  if (impl_->is_created() || impl_->connector)
+    impl_->fail(ENOTCONN, "get_tls_negotiated", "invalid state: not connected");
+  return impl_->engine.tls_negotiated();
+}
+void Handle::set_tls_certificates(std::string_view dir) {
+  NBD_SETTING("set_tls_certificates");
+  impl_->tls_config.certificates = dir;
+}
+void Handle::set_tls_verify_peer(bool verify) {
+  NBD_SETTING("set_tls_verify_peer");
+  impl_->tls_config.verify_peer = verify;
+}
+bool Handle::get_tls_verify_peer() const {
+  NBD_LOCK;
+  return impl_->tls_config.verify_peer;
+}
+void Handle::set_tls_username(std::string_view username) {
+  NBD_SETTING("set_tls_username");
+  impl_->tls_config.username = username;
+}
+std::string Handle::get_tls_username() const {
+  NBD_LOCK;
+  if (!impl_->tls_config.username.empty()) return impl_->tls_config.username;
+  return tls::login_name();
+}
+void Handle::set_tls_psk_file(std::string_view path) {
+  NBD_SETTING("set_tls_psk_file");
+  impl_->tls_config.psk_file = path;
+}
+void Handle::set_tls_hostname(std::string_view hostname) {
+  NBD_SETTING("set_tls_hostname");
+  impl_->tls_config.hostname = hostname;
+}
+std::string Handle::get_tls_hostname() const {
+  NBD_LOCK;
+  return impl_->tls_config.hostname.empty() ? impl_->tcp_host : impl_->tls_config.hostname;
+}
+void Handle::set_uri_allow_local_file(bool allow) {
+  NBD_SETTING("set_uri_allow_local_file");
+  impl_->uri_allow_local_file = allow;
+}
+bool Handle::get_uri_allow_local_file() const {
+  NBD_LOCK;
+  return impl_->uri_allow_local_file;
 }
 
 // --- state ---------------------------------------------------------------------------

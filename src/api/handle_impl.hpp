@@ -10,7 +10,9 @@
 #include <nbdcpp/handle.hpp>
 
 #include "proto/engine.hpp"
+#include "tls/tls_config.hpp"
 #include "transport/connect.hpp"
+#include "transport/uri.hpp"
 #include "transport/transport.hpp"
 
 #include <deque>
@@ -68,6 +70,9 @@ struct Handle::Impl {
   std::uintptr_t private_data = 0;
   TransportKind transport_kind = TransportKind::automatic;
   int tls = TLS_DISABLE;
+  tls::TlsConfig tls_config;     // hostname: set_tls_hostname only
+  std::string tcp_host;          // the host of connect_tcp / nbd[s]://
+  bool uri_allow_local_file = false;
 
   // connection
   mutable std::recursive_mutex mu;
@@ -111,6 +116,8 @@ struct Handle::Impl {
   void start_connect(const char* fn, transport::Connector c);
   void start_engine(transport::UniqueFd fd);
   void connect_error(int err, std::string message);
+  /// nbds* schemes and the tls-* query parameters of a URI.
+  void apply_uri_tls(const char* fn, const transport::Uri& u);
   /// Runs the handle until it is no longer connecting; throws if it died.
   void wait_connected(Lock& lock, const char* fn);
 

@@ -106,6 +106,19 @@ void Handle::aio_opt_structured_reply(CompletionCallback cb) {
   impl_->transport->flush();
 }
 
+void Handle::aio_opt_starttls(CompletionCallback cb) {
+  NBD_LOCK;
+  if (!tls::supported())
+    impl_->fail(ENOTSUP, "opt_starttls", "nbdcpp was built without TLS support");
+  impl_->require_negotiating("opt_starttls");
+  // proto.md: STARTTLS on a TLS connection is a client error.
+  if (impl_->engine.tls_negotiated())
+    impl_->fail(EINVAL, "opt_starttls", "TLS is already negotiated");
+  NBD_OPTION("opt_starttls", OptionRecord{.completion = std::move(cb)});
+  impl_->engine.opt_starttls();
+  impl_->transport->flush();
+}
+
 void Handle::aio_opt_extended_headers(CompletionCallback cb) {
   NBD_LOCK;
   NBD_OPTION("opt_extended_headers", OptionRecord{.completion = std::move(cb)});
@@ -190,6 +203,18 @@ bool Handle::opt_structured_reply() {
     throw;
   }
   return impl_->engine.structured_replies();
+}
+
+bool Handle::opt_starttls() {
+  NBD_LOCK;
+  aio_opt_starttls();
+  try {
+    impl_->wait_option(lock);
+  } catch (const Error& e) {
+    if (impl_->is_negotiating() && refused(e.errnum())) return false;
+    throw;
+  }
+  return impl_->engine.tls_negotiated();
 }
 
 bool Handle::opt_extended_headers() {

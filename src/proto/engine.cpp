@@ -124,17 +124,36 @@ void Engine::expect_header(Recv what, std::size_t n) {
 }
 
 std::span<std::uint8_t> Engine::recv_target() {
+  if (tls_ != Tls::off) [[unlikely]] {
+    if (!tls_wants_read()) return {};
+    return tls_in_;
+  }
+  return plain_recv_target();
+}
+
+void Engine::commit_recv(std::size_t n) {
+  if (tls_ != Tls::off) [[unlikely]] {
+    tls_feed(std::span<const std::uint8_t>(tls_in_.data(), n));
+    return;
+  }
+  plain_commit_recv(n);
+}
+
+std::span<std::uint8_t> Engine::plain_recv_target() {
   if (recv_ == Recv::nothing) return {};
   return target_.subspan(filled_);
 }
 
-void Engine::commit_recv(std::size_t n) {
+void Engine::plain_commit_recv(std::size_t n) {
   bytes_received_ += n;
   filled_ += n;
   while (recv_ != Recv::nothing && filled_ == target_.size()) on_recv_complete();
 }
 
 std::size_t Engine::feed(std::span<const std::uint8_t> data) {
+  // Lent to the TLS session rather than copied into tls_in_.
+  if (tls_ != Tls::off) [[unlikely]]
+    return tls_feed(data);
   std::size_t used = 0;
   while (used < data.size()) {
     auto t = recv_target();
@@ -152,6 +171,8 @@ void Engine::on_recv_complete() {
   case Recv::nothing: break;
   case Recv::greeting: on_greeting(); break;
   case Recv::oldstyle_rest: {
+    if (settings_.tls == 2)
+      return die(ENOTSUP, "handshake: server is oldstyle, but handle TLS setting is 'require' (2)");
     auto b = decode_oldstyle_rest(header_);
     pending_info_.size = b.size;
     pending_info_.eflags = b.eflags;
@@ -236,6 +257,10 @@ void Engine::on_handshake_flags() {
   queue_out(std::span<const std::uint8_t>(b, sizeof b));
 
   if (!(client_flags_ & flag_fixed_newstyle)) {
+    // Without fixed newstyle there is no STARTTLS to ask for.
+    if (settings_.tls == 2)
+      return die(ENOTSUP, "handshake: server is not using fixed newstyle, but handle TLS "
+                          "setting is 'require' (2)");
     // Non-fixed newstyle: NBD_OPT_EXPORT_NAME is the only option such a
     // server is sure to understand, and it has no option reply.
     send_option(Step::export_name, opt_export_name,
@@ -244,6 +269,8 @@ void Engine::on_handshake_flags() {
   }
   auto_steps_.clear();
   auto_step_ = 0;
+  // STARTTLS first: nothing negotiated in plaintext would survive it.
+  if (settings_.tls != 0) auto_steps_.push_back(Step::starttls);
   if (settings_.request_extended_headers) auto_steps_.push_back(Step::extended_headers);
   if (settings_.request_structured_replies) auto_steps_.push_back(Step::structured_reply);
   if (!settings_.opt_mode) auto_steps_.push_back(Step::go);
@@ -254,6 +281,7 @@ void Engine::next_auto_step() {
   while (auto_step_ < auto_steps_.size()) {
     Step s = auto_steps_[auto_step_++];
     switch (s) {
+    case Step::starttls: send_option(s, wire::opt_starttls, {}); return;
     case Step::extended_headers: send_option(s, wire::opt_extended_headers, {}); return;
     case Step::structured_reply:
       if (structured_) continue; // extended headers imply structured replies
@@ -279,6 +307,8 @@ void Engine::send_option(Step step, std::uint32_t option, Bytes data) {
   else
     expect_header(step == Step::abort ? Recv::abort_reply : Recv::option_reply_header,
                   option_reply_header_size);
+  // The TLS session may already hold what the server sent next.
+  if (tls_ == Tls::on && !tls_pumping_) tls_pump_recv();
 }
 
 void Engine::queue_out(std::span<const std::uint8_t> bytes) {
@@ -345,6 +375,7 @@ void Engine::on_option_reply_header() {
   case Step::info: sent = wire::opt_info; break;
   case Step::list: sent = wire::opt_list; break;
   case Step::abort: sent = wire::opt_abort; break;
+  case Step::starttls: sent = wire::opt_starttls; break;
   default: break;
   }
   if (opt_reply_.option != sent)
@@ -375,7 +406,19 @@ void Engine::on_option_reply() {
     std::string reason = std::string("server replied ") + option_reply_name(type) + " to NBD_OPT_" +
                          option_name(opt_reply_.option) + (msg.empty() ? "" : ": " + msg);
     const int err = errno_of_option_error(type);
+    if (type == rep_err_tls_reqd && step_ != Step::starttls)
+      reason = "handshake: server requires TLS encryption first (see set_tls): " + reason;
     switch (step_) {
+    case Step::starttls:
+      if (phase_ == Phase::handshake) {
+        // proto.md: a client that requires TLS must not carry on in
+        // plaintext once the server declines it.
+        if (settings_.tls == 2)
+          return die(ENOTSUP, "handshake: server refused TLS, but handle TLS setting is "
+                              "'require' (2): " + reason);
+        return next_auto_step();
+      }
+      return finish_option(err, reason);
     case Step::extended_headers:
     case Step::structured_reply:
       if (phase_ == Phase::handshake) return next_auto_step();
@@ -405,6 +448,7 @@ void Engine::on_option_reply() {
   switch (type) {
   case rep_ack:
     switch (step_) {
+    case Step::starttls: return start_tls();
     case Step::extended_headers:
       extended_ = structured_ = true;
       if (phase_ == Phase::handshake) return next_auto_step();
@@ -554,6 +598,12 @@ void Engine::opt_abort() {
   send_option(Step::abort, wire::opt_abort, {});
 }
 
+void Engine::opt_starttls() {
+  require_option_wait("opt_starttls");
+  phase_ = Phase::option_busy;
+  send_option(Step::starttls, wire::opt_starttls, {});
+}
+
 void Engine::opt_structured_reply() {
   require_option_wait("opt_structured_reply");
   phase_ = Phase::option_busy;
@@ -670,8 +720,11 @@ void Engine::abandon_unsent(int err) {
 void Engine::check_disconnected() {
   // After NBD_CMD_DISC has gone out and every reply is in, the server will
   // close its end; nothing more is expected from it.
+  // Under TLS, "gone out" means its ciphertext too (and the close_notify).
   if (phase_ == Phase::disconnecting && disc_sent_ == disc_len_ && send_head_ == none &&
-      in_flight_ == 0) {
+      in_flight_ == 0 &&
+      (tls_ == Tls::off ||
+       (tls_closing_ && tls_out_sent_ == tls_out_.size() && tls_out_next_.empty()))) {
     phase_ = Phase::closed;
     recv_ = Recv::nothing;
     target_ = {};
@@ -679,6 +732,26 @@ void Engine::check_disconnected() {
 }
 
 std::size_t Engine::send_pending_bytes() const {
+  if (tls_ != Tls::off) [[unlikely]] {
+    if (phase_ == Phase::dead || phase_ == Phase::closed) return 0;
+    return tls_out_.size() - tls_out_sent_ + tls_out_next_.size() + plain_send_pending_bytes();
+  }
+  return plain_send_pending_bytes();
+}
+
+std::size_t Engine::send_segments(std::span<iovec> iov) {
+  if (tls_ != Tls::off) [[unlikely]]
+    return tls_send_segments(iov);
+  return plain_send_segments(iov);
+}
+
+void Engine::commit_send(std::size_t n) {
+  if (tls_ != Tls::off) [[unlikely]]
+    return tls_commit_send(n);
+  plain_commit_send(n);
+}
+
+std::size_t Engine::plain_send_pending_bytes() const {
   if (phase_ == Phase::dead || phase_ == Phase::closed) return 0;
   std::size_t n = out_.size() - out_sent_ + out_next_.size();
   for (std::uint32_t i = send_head_; i != none; i = slots_[i].next)
@@ -688,7 +761,7 @@ std::size_t Engine::send_pending_bytes() const {
   return n;
 }
 
-std::size_t Engine::send_segments(std::span<iovec> iov) const {
+std::size_t Engine::plain_send_segments(std::span<iovec> iov) const {
   if (phase_ == Phase::dead || phase_ == Phase::closed || iov.empty()) return 0;
   std::size_t n = 0;
   if (out_sent_ < out_.size()) {
@@ -717,7 +790,7 @@ std::size_t Engine::send_segments(std::span<iovec> iov) const {
   return n;
 }
 
-void Engine::commit_send(std::size_t n) {
+void Engine::plain_commit_send(std::size_t n) {
   bytes_sent_ += n;
   if (out_sent_ < out_.size()) {
     out_sent_ += n;
@@ -754,7 +827,8 @@ void Engine::commit_send(std::size_t n) {
 
 Direction Engine::wants() const {
   unsigned d = 0;
-  if (recv_ != Recv::nothing) d |= static_cast<unsigned>(Direction::read);
+  if (tls_ != Tls::off ? tls_wants_read() : recv_ != Recv::nothing)
+    d |= static_cast<unsigned>(Direction::read);
   if (send_pending_bytes() > 0) d |= static_cast<unsigned>(Direction::write);
   return static_cast<Direction>(d);
 }

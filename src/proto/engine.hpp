@@ -16,6 +16,7 @@
 // callbacks. The engine never calls user code and never does I/O.
 
 #include "proto/cookie_map.hpp"
+#include "proto/tls_session.hpp"
 #include "proto/wire.hpp"
 
 #include <sys/uio.h>
@@ -23,6 +24,7 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <span>
 #include <string>
 #include <utility>
@@ -43,6 +45,10 @@ struct Settings {
   bool opt_mode = false;
   std::uint32_t handshake_flags = wire::flag_fixed_newstyle | wire::flag_no_zeroes;
   std::vector<std::string> meta_contexts;
+  /// 0 disable, 1 allow, 2 require (libnbd's TLS_* values).
+  int tls = 0;
+  /// Makes the TLS session once the server agrees to STARTTLS.
+  TlsFactory make_tls;
 };
 
 /// What negotiation learned about the export.
@@ -122,14 +128,18 @@ public:
   const std::string& death_reason() const { return death_reason_; }
 
   // --- transport seam -------------------------------------------------------
+  // Once TLS is on, these carry ciphertext: the engine runs the TLS
+  // session between them and the plaintext machinery (engine_tls.cpp).
   std::span<std::uint8_t> recv_target();
   void commit_recv(std::size_t n);
-  /// Copies bytes received into a staging buffer through recv_target /
-  /// commit_recv; returns how many were consumed (all of them unless the
-  /// engine stopped receiving, e.g. after death).
+  /// Takes bytes received into a staging buffer (copied through
+  /// recv_target / commit_recv, or lent to the TLS session); returns how
+  /// many were consumed (all of them unless the engine stopped receiving,
+  /// e.g. after death).
   std::size_t feed(std::span<const std::uint8_t> data);
-  /// Fills iov with what is ready to send; returns the count used.
-  std::size_t send_segments(std::span<iovec> iov) const;
+  /// Fills iov with what is ready to send; returns the count used. With
+  /// TLS on, this is where queued plaintext gets encrypted.
+  std::size_t send_segments(std::span<iovec> iov);
   std::size_t send_pending_bytes() const;
   void commit_send(std::size_t n);
   Direction wants() const;
@@ -144,6 +154,8 @@ public:
   void opt_extended_headers();
   void opt_list_meta_context(const Settings& s, std::vector<std::string> queries);
   void opt_set_meta_context(const Settings& s, std::vector<std::string> queries);
+  /// NBD_OPT_STARTTLS, then the TLS handshake (settings' make_tls).
+  void opt_starttls();
 
   // --- transmission ------------------------------------------------------------
   /// Queues a command; returns its slot. The cookie is slot_cookie(slot).
@@ -171,7 +183,8 @@ public:
   /// Reads of at least large_payload bytes in flight. While there are any,
   /// a transport should not receive far ahead into a staging buffer: the
   /// part of such a payload that lands there costs a second copy.
-  std::size_t large_reads_in_flight() const { return large_reads_; }
+  /// Under TLS always 0: ciphertext never goes straight to a read buffer.
+  std::size_t large_reads_in_flight() const { return tls_ == Tls::off ? large_reads_ : 0; }
   /// Payload bytes of the reads and of the writes in flight (queued or
   /// awaiting replies): bounds on what the server may still send us and on
   /// what of ours may still sit unread in the socket.
@@ -192,6 +205,8 @@ public:
   bool extended_headers() const { return extended_; }
   const std::vector<MetaContext>& meta_contexts() const { return contexts_; }
   bool meta_contexts_negotiated() const { return contexts_set_; }
+  /// True once the TLS handshake completed.
+  bool tls_negotiated() const { return tls_ == Tls::on; }
   /// "oldstyle", "newstyle" or "newstyle-fixed" (libnbd's names).
   const char* protocol() const;
   std::uint16_t server_handshake_flags() const { return server_flags_; }
@@ -253,7 +268,7 @@ private:
   // Option exchange in progress.
   enum class Step : std::uint8_t {
     none, extended_headers, structured_reply, set_meta_context, list_meta_context,
-    go, info, list, abort, export_name,
+    go, info, list, abort, export_name, starttls,
   };
 
   Event& push_event(Event::Kind kind);
@@ -276,6 +291,23 @@ private:
   void finish_option(int err, std::string reason);
   void require_option_wait(const char* what) const;
   void begin_go(const Settings& s, Step step);
+
+  // the plaintext side of the transport seam
+  std::span<std::uint8_t> plain_recv_target();
+  void plain_commit_recv(std::size_t n);
+  std::size_t plain_send_segments(std::span<iovec> iov) const;
+  std::size_t plain_send_pending_bytes() const;
+  void plain_commit_send(std::size_t n);
+
+  // TLS (engine_tls.cpp)
+  void start_tls();
+  void on_tls_established();
+  std::size_t tls_feed(std::span<const std::uint8_t> data);
+  void tls_pump_recv();
+  void tls_pump_send();
+  std::size_t tls_send_segments(std::span<iovec> iov);
+  void tls_commit_send(std::size_t n);
+  bool tls_wants_read() const;
 
   // transmission
   void on_reply_magic();
@@ -345,6 +377,18 @@ private:
   std::uint16_t server_flags_ = 0;
   std::uint32_t client_flags_ = 0;
   bool flags_known_ = false;
+
+  // TLS: off until the server ACKs STARTTLS.
+  enum class Tls : std::uint8_t { off, handshaking, on };
+  Tls tls_ = Tls::off;
+  std::unique_ptr<TlsSession> tls_session_;
+  std::vector<std::uint8_t> tls_in_;       // recv_target() under TLS
+  std::vector<std::uint8_t> tls_out_;      // ciphertext being sent
+  std::vector<std::uint8_t> tls_out_next_; // appended to behind it (see queue_out)
+  std::size_t tls_out_sent_ = 0;
+  bool tls_pumping_ = false;
+  bool tls_closing_ = false; // close_notify queued after NBD_CMD_DISC
+  std::size_t tls_plain_left_ = 0; // queued before STARTTLS's ACK: goes out in plaintext
 
   int death_errno_ = 0;
   std::string death_reason_;

@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -43,6 +44,19 @@ struct Tally {
   std::atomic<int> bad{0};     // wrong data
   std::atomic<int> calls{0};   // completion callbacks run
   std::atomic<int> issued{0};  // commands queued with a callback
+  std::mutex mu;
+  std::string first; // what went wrong first, for the report
+
+  void fail(const std::string& what) {
+    ++failed;
+    std::lock_guard g(mu);
+    if (first.empty()) first = what;
+  }
+  void wrong(const std::string& what) {
+    ++bad;
+    std::lock_guard g(mu);
+    if (first.empty()) first = what;
+  }
 };
 
 } // namespace
@@ -209,10 +223,10 @@ TEST_CASE("threads: callbacks chaining commands while other threads queue and po
       std::weak_ptr<std::function<void(std::uint64_t)>> weak = next;
       *next = [&, buf, left, weak](std::uint64_t off) {
         h.aio_pread(*buf, off, [&, buf, left, weak, off](int* err) {
-          if (*err) ++t.failed;
+          if (*err) t.fail("chained read at " + std::to_string(off) + ": errno " + std::to_string(*err));
           for (std::size_t j = 0; j < buf->size(); ++j)
             if ((*buf)[j] != nbdtest::pattern_byte(off + j)) {
-              ++t.bad;
+              t.wrong("chained read at " + std::to_string(off) + ": wrong byte at " + std::to_string(j));
               break;
             }
           ++chained;
@@ -224,14 +238,16 @@ TEST_CASE("threads: callbacks chaining commands while other threads queue and po
       try {
         (*next)(static_cast<std::uint64_t>(id) * 4 * mib + 8);
         while (left->load() > 0) h.poll(100);
-      } catch (const nbd::Error&) {
-        ++t.failed;
+      } catch (const nbd::Error& e) {
+        t.fail(std::string("chain thread: ") + e.what());
       }
       // Let in-flight work drain before the chain's closure goes away.
       while (h.aio_in_flight() > 0) h.poll(100);
     });
   }
   for (auto& th : threads) th.join();
+  INFO(t.first);
+  INFO("handle: " << h.get_error_message() << " (" << h.get_error().message() << ")");
   CHECK(t.failed == 0);
   CHECK(t.bad == 0);
   CHECK(chained == chains * links);
