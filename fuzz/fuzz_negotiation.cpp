@@ -11,6 +11,7 @@
 #include "fuzz_driver.hpp"
 
 #include "engine_harness.hpp"
+#include "toy_tls.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -63,6 +64,25 @@ std::vector<test::Script> make_scripts() {
         {test::OptAction::go, a, {}},
     };
     s.cmds = {test::cmd_other(wire::cmd_block_status, 0, 65536), test::cmd_read(0, 512)};
+    v.push_back(s);
+  }
+  { // TLS required (a toy session: tests/unit/toy_tls.hpp), then
+    // structured replies, meta contexts and commands through it.
+    test::Script s;
+    s.settings.tls = 2;
+    s.settings.make_tls = [] { return std::make_unique<test::ToyTls>(); };
+    s.settings.meta_contexts = {"base:allocation"};
+    s.cmds = {test::cmd_read(0, 4096), test::cmd_write(0, test::pattern(512, 3)),
+              test::cmd_other(wire::cmd_block_status, 0, 65536)};
+    s.disconnect = true;
+    v.push_back(s);
+  }
+  { // TLS allowed: a refusal carries on in plaintext.
+    test::Script s;
+    s.settings = test::plain_settings();
+    s.settings.tls = 1;
+    s.settings.make_tls = [] { return std::make_unique<test::ToyTls>(); };
+    s.cmds = {test::cmd_read(0, 512)};
     v.push_back(s);
   }
   { // Fixed newstyle, no block size request, full info, no meta contexts.

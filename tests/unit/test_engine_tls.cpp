@@ -9,6 +9,7 @@
 #include "proto/engine.hpp"
 
 #include "engine_harness.hpp"
+#include "toy_tls.hpp"
 
 #include <doctest/doctest.h>
 
@@ -24,87 +25,11 @@ using nbd::proto::Event;
 using nbd::proto::Phase;
 using nbd::proto::Settings;
 using nbd::proto::TlsSession;
+using nbd::test::ToyTls;
+using nbd::test::xored;
 namespace w = nbd::wire;
 
 namespace {
-
-constexpr std::uint8_t key = 0x5a;
-
-Buf xored(const Buf& b) {
-  Buf r(b);
-  for (auto& c : r) c ^= key;
-  return r;
-}
-
-// The client says "CH"; the server answers "SH" (or "NO": the handshake
-// fails). Afterwards each byte is XORed with key; "CN" is the close_notify.
-class ToyTls final : public TlsSession {
-public:
-  void set_output(std::vector<std::uint8_t>* out) override { out_ = out; }
-  void lend_cipher(std::span<const std::uint8_t> d) override { lent_ = d; }
-  void keep_unread() override {
-    kept_.insert(kept_.end(), lent_.begin(), lent_.end());
-    lent_ = {};
-  }
-  Status handshake() override {
-    if (!hello_sent_) {
-      out_->push_back('C');
-      out_->push_back('H');
-      hello_sent_ = true;
-    }
-    if (available() < 2) return again;
-    std::uint8_t a = take(), b = take();
-    if (a == 'S' && b == 'H') return done;
-    error_ = EIO;
-    message_ = "toy handshake refused";
-    return failed;
-  }
-  std::ptrdiff_t read(std::span<std::uint8_t> out) override {
-    if (available() == 0) return -1;
-    std::size_t n = 0;
-    while (n < out.size() && available() > 0) out[n++] = take() ^ key;
-    return static_cast<std::ptrdiff_t>(n);
-  }
-  bool write(std::span<const std::uint8_t> d) override {
-    for (auto c : d) corked_.push_back(c ^ key);
-    return true;
-  }
-  bool flush() override {
-    ++records;
-    out_->insert(out_->end(), corked_.begin(), corked_.end());
-    corked_.clear();
-    return true;
-  }
-  void close_notify() override {
-    out_->push_back('C');
-    out_->push_back('N');
-  }
-  std::size_t pending_plaintext() const override { return 0; }
-  int error() const override { return error_; }
-  const std::string& error_message() const override { return message_; }
-
-  int records = 0;
-
-private:
-  std::size_t available() const { return kept_.size() + lent_.size(); }
-  std::uint8_t take() {
-    if (!kept_.empty()) {
-      std::uint8_t c = kept_.front();
-      kept_.erase(kept_.begin());
-      return c;
-    }
-    std::uint8_t c = lent_.front();
-    lent_ = lent_.subspan(1);
-    return c;
-  }
-
-  std::vector<std::uint8_t>* out_ = nullptr;
-  std::vector<std::uint8_t> kept_, corked_;
-  std::span<const std::uint8_t> lent_;
-  bool hello_sent_ = false;
-  int error_ = 0;
-  std::string message_;
-};
 
 struct Client {
   Engine e;
