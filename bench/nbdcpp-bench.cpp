@@ -29,6 +29,10 @@
 //   aligned_alloc, posix_memalign and memalign (libnbd.so, libstdc++'s
 //   operator new and nbdcpp all resolve to these), counting calls in the
 //   timed phase.
+//
+// TLS: an nbds:// or nbds+unix:// URI with tls-psk-file= or
+// tls-certificates= works for both engines (both allow local files in
+// URIs here: the URI is the bench user's own).
 
 #include <nbdcpp/handle.hpp>
 
@@ -384,6 +388,9 @@ Result run_nbdcpp(const Options& o) {
   NbdcppEngine e;
   e.h.set_transport(o.transport == "socket" ? nbd::TransportKind::socket
                                             : nbd::TransportKind::uring);
+  // The URI comes from whoever runs the bench, so it may name local files
+  // (nbds+unix://...&tls-psk-file=KEYS or tls-certificates=DIR).
+  e.h.set_uri_allow_local_file(true);
   e.h.connect_uri(o.uri);
   if (e.h.get_transport_name() != (o.transport == "socket" ? "socket" : "io_uring")) {
     std::fprintf(stderr, "nbdcpp-bench: got transport %s\n", e.h.get_transport_name().c_str());
@@ -444,6 +451,8 @@ Result run_libnbd(const Options& o) {
   LibnbdEngine e;
   e.h = nbd_create();
   if (!e.h) libnbd_die("nbd_create");
+  // As for nbdcpp: tls-psk-file= and tls-certificates= need this.
+  if (nbd_set_uri_allow_local_file(e.h, true) == -1) libnbd_die("nbd_set_uri_allow_local_file");
   if (nbd_connect_uri(e.h, o.uri.c_str()) == -1) libnbd_die("nbd_connect_uri");
   std::int64_t sz = nbd_get_size(e.h);
   if (sz < 0) libnbd_die("nbd_get_size");

@@ -12,6 +12,7 @@ packages=(
   qemu-utils nbd-server
   bsdextrautils python3
   libglib2.0-dev
+  gnutls-bin libgnutls28-dev
 )
 
 missing=()

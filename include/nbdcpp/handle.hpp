@@ -389,9 +389,10 @@ public:
   /// credentials: true if the connection is now encrypted, false if the
   /// server declined (the connection stays plaintext and usable). What was
   /// negotiated before (structured replies, meta contexts, export info) is
-  /// forgotten, as proto.md requires. Errors also: EINVAL (TLS_DISABLE, or
-  /// TLS already negotiated), EIO and the credential errors (a failed
-  /// handshake kills the handle). libnbd 1.16+: nbd_opt_starttls.
+  /// forgotten, as proto.md requires. Works whatever set_tls says. Errors
+  /// also: EINVAL (TLS already negotiated), ENOTSUP (a build without TLS),
+  /// EIO and the credential errors (a failed handshake kills the handle).
+  /// libnbd 1.16+: nbd_opt_starttls.
   bool opt_starttls();
   /// Starts opt_go. libnbd: nbd_aio_opt_go.
   void aio_opt_go(CompletionCallback cb = {});

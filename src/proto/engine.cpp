@@ -63,6 +63,11 @@ void Engine::on_eof() {
     if (step_ == Step::abort) finish_option(0, {});
     return;
   }
+  if (tls_ == Tls::handshaking)
+    // GnuTLS servers drop the connection, rather than alert, on a wrong
+    // PSK key or user name.
+    return die(EIO, "TLS handshake failed: the server closed the connection (a wrong PSK key or "
+                    "user name, or credentials it refused?)");
   std::string what = "server closed the connection";
   if (phase_ == Phase::handshake || phase_ == Phase::option_busy) {
     what += " during ";

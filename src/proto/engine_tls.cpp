@@ -38,7 +38,12 @@ void Engine::start_tls() {
   try {
     if (settings_.make_tls) session = settings_.make_tls();
   } catch (const std::system_error& e) {
-    return die(e.code().value() ? e.code().value() : EIO, e.what());
+    // what() ends in ": <strerror>", which the handle's error adds again.
+    std::string what = e.what();
+    const std::string suffix = ": " + e.code().message();
+    if (what.size() > suffix.size() && what.compare(what.size() - suffix.size(), suffix.size(), suffix) == 0)
+      what.resize(what.size() - suffix.size());
+    return die(e.code().value() ? e.code().value() : EIO, what);
   } catch (const std::exception& e) {
     return die(EIO, std::string("TLS: ") + e.what());
   }
