@@ -489,6 +489,10 @@ private:
       engine_.on_eof();
       break;
     case EINTR: break; // re-armed by arm()
+    // The kernel cancels a task's pending requests when the task exits:
+    // with a handle shared by threads, the thread that armed this receive
+    // may be gone. Nothing was received; arm() asks again.
+    case ECANCELED: break;
     case EAGAIN: arm_poll(tag_recv_poll, POLLIN); break;
     case EINVAL:
       if (poll_first_) { // a kernel that rejects POLL_FIRST: retry without
@@ -512,7 +516,9 @@ private:
     }
     switch (-res) {
     case EINTR: break;
-    case ECANCELED: break; // settle_send withdrew it before any byte went out
+    // settle_send withdrew it, or the thread that submitted it exited (see
+    // on_recv), before any byte went out; arm() sends it again if needed.
+    case ECANCELED: break;
     case EAGAIN: arm_poll(tag_send_poll, POLLOUT); break;
     default: engine_.on_io_error(-res, "send");
     }

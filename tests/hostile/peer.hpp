@@ -16,6 +16,8 @@
 
 #include "proto/wire.hpp"
 
+#include "../common/checks.hpp"
+
 #include <nbdcpp/handle.hpp>
 
 #include <chrono>
@@ -252,15 +254,7 @@ struct Counted {
 };
 
 /// The errno of the nbd::Error f throws, 0 if none.
-template <typename F>
-int error_of(F&& f) {
-  try {
-    f();
-  } catch (const nbd::Error& e) {
-    return e.errnum();
-  }
-  return 0;
-}
+using nbdtest::error_of;
 
 /// Big-endian helpers for building payloads.
 void put16(Bytes& b, std::uint16_t v);

@@ -5,6 +5,8 @@
 
 #include "scenario.hpp"
 
+#include "../common/checks.hpp"
+
 #include <numeric>
 
 using namespace hostile;
@@ -48,21 +50,11 @@ TEST_CASE("extended headers end to end against the conforming peer") {
 
     // Writes, some past 4 GiB (their offsets need all 64 bits), some large
     // enough to take the transports' direct receive path when read back.
-    struct W {
-      std::uint64_t off;
-      Bytes data;
-    };
-    std::vector<W> writes{{0, pattern(4 * KiB, 1)},
-                          {5 * GiB, pattern(1 * MiB, 2)},
-                          {8 * GiB + 4 * KiB, pattern(4 * KiB, 3)},
-                          {15 * TiB + 512, pattern(3 * KiB + 100, 4)}};
-    for (const auto& w : writes) h.pwrite(w.data, w.off);
-    for (const auto& w : writes) {
-      CAPTURE(w.off);
-      Bytes back(w.data.size());
-      h.pread(back, w.off);
-      CHECK(back == w.data);
-    }
+    const std::vector<nbdtest::Write> writes{{0, pattern(4 * KiB, 1)},
+                                             {5 * GiB, pattern(1 * MiB, 2)},
+                                             {8 * GiB + 4 * KiB, pattern(4 * KiB, 3)},
+                                             {15 * TiB + 512, pattern(3 * KiB + 100, 4)}};
+    nbdtest::write_and_read_back(h, writes);
 
     // A structured read over data and holes: chunks arrive as the peer
     // split them, and the bytes are right.

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -35,6 +36,37 @@ bool have_program(const std::string& prog) {
     start = end + 1;
   }
   return false;
+}
+
+pid_t spawn(const std::vector<std::string>& argv, int in, int out, int err) {
+  std::vector<char*> cargv;
+  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    const int fds[3] = {in, out, err};
+    for (int i = 0; i < 3; ++i)
+      if (fds[i] >= 0 && fds[i] != i) ::dup2(fds[i], i);
+    for (int fd : fds)
+      if (fd > 2) ::close(fd); // twice when out == err: EBADF, harmless
+    ::execvp(cargv[0], cargv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string command_line(const std::vector<std::string>& argv) {
+  std::string cmd;
+  for (const auto& a : argv) cmd += a + " ";
+  return cmd;
 }
 
 std::vector<std::string> nbdkit(std::vector<std::string> args) {
@@ -82,16 +114,7 @@ void Server::start(const std::vector<std::string>& args, bool tcp) {
     argv.insert(argv.end(), {"-U", socket_});
   }
   argv.insert(argv.end(), args.begin(), args.end());
-
-  std::vector<char*> cargv;
-  for (auto& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  pid_ = ::fork();
-  if (pid_ < 0) throw std::runtime_error("fork failed");
-  if (pid_ == 0) {
-    ::execvp(cargv[0], cargv.data());
-    ::_exit(127);
-  }
+  pid_ = spawn(argv);
   // nbdkit writes the pid file once it is listening.
   for (int i = 0; i < 1000; ++i) {
     struct stat st;
@@ -150,22 +173,7 @@ void poll_loop(nbd::Handle& h, const std::function<bool()>& done) {
   }
 }
 
-pid_t spawn_nbdkit_on_fd(int fd, std::vector<std::string> args) {
-  std::vector<std::string> argv = nbdkit(std::move(args));
-  std::vector<char*> cargv;
-  for (auto& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    ::dup2(fd, 0);
-    ::dup2(fd, 1);
-    if (fd > 1) ::close(fd);
-    ::execvp(cargv[0], cargv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
+pid_t spawn_nbdkit_on_fd(int fd, std::vector<std::string> args) { return spawn(nbdkit(std::move(args)), fd, fd); }
 
 void reap(pid_t pid) {
   if (pid <= 0) return;
@@ -185,6 +193,19 @@ void make_file(const std::string& path, std::uint64_t size) {
   int r = ::ftruncate(fd, static_cast<off_t>(size));
   ::close(fd);
   if (r != 0) throw std::runtime_error("cannot size " + path);
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  if (!out.flush()) throw std::runtime_error("cannot write " + path);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
 }
 
 std::string unused_tcp_port() {

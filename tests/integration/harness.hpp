@@ -6,6 +6,8 @@
 // which meson sets to uring for one run of the suite and socket for the
 // other.
 
+#include "../common/checks.hpp" // error_of, failure_of, write_and_read_back
+
 #include <nbdcpp/handle.hpp>
 
 #include <sys/types.h>
@@ -19,6 +21,18 @@ namespace nbdtest {
 
 /// True when prog is on PATH.
 bool have_program(const std::string& prog);
+
+/// Starts argv (searched on PATH) as a child process whose stdin, stdout
+/// and stderr are in, out and err (-1: the test's own; the child closes the
+/// originals above 2). Returns its pid; exit status 127 if exec failed.
+pid_t spawn(const std::vector<std::string>& argv, int in = -1, int out = -1, int err = -1);
+
+/// Waits for pid (through EINTR): its exit status, or -1 if it did not
+/// exit normally (or could not be waited for).
+int wait_exit(pid_t pid);
+
+/// argv as one line, for messages: each word followed by a space.
+std::string command_line(const std::vector<std::string>& argv);
 
 /// nbdkit -s --exit-with-parent ARGS..., for Handle::connect_command.
 std::vector<std::string> nbdkit(std::vector<std::string> args);
@@ -95,20 +109,14 @@ void reap(pid_t pid);
 /// Creates (or truncates) a sparse file of the given size.
 void make_file(const std::string& path, std::uint64_t size);
 
+/// Writes text to path (truncating); throws std::runtime_error on failure.
+void write_file(const std::string& path, const std::string& text);
+
+/// The whole contents of path ("" if it cannot be read).
+std::string read_file(const std::string& path);
+
 /// A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
 std::string unused_tcp_port();
-
-/// Runs f; returns the errno of the nbd::Error it threw, or 0 if it did not
-/// throw (any other exception propagates and fails the test).
-template <typename F>
-int error_of(F&& f) {
-  try {
-    f();
-  } catch (const nbd::Error& e) {
-    return e.errnum();
-  }
-  return 0;
-}
 
 /// Counts how often a callback ran and how often the callable itself was
 /// destroyed: moved-from shells do not count, so `destroyed` is exactly the

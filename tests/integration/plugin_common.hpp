@@ -58,12 +58,7 @@ inline void connect(nbd::Handle& h, std::vector<std::string> params,
 /// Runs f and returns the errno of the nbd::Error it threw, 0 if none.
 template <typename F>
 int errno_of(F&& f) {
-  try {
-    f();
-  } catch (const nbd::Error& e) {
-    return e.errnum();
-  }
-  return 0;
+  return nbdtest::error_of(std::forward<F>(f));
 }
 
 /// "EINVAL (Invalid argument)" for messages.

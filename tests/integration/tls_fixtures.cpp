@@ -2,15 +2,10 @@
 #include "tls_fixtures.hpp"
 
 #include <fcntl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <mutex>
-#include <sstream>
 #include <stdexcept>
 #include <vector>
 
@@ -18,41 +13,18 @@ namespace nbdtest::tls {
 
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // Runs argv with stdin from /dev/null (nothing may prompt: CI has no
 // terminal) and stdout + stderr into log; throws with the log unless it
 // exits 0.
 void run(const std::vector<std::string>& argv, const std::string& log) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    int in = ::open("/dev/null", O_RDONLY);
-    int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (in < 0 || out < 0) ::_exit(126);
-    ::dup2(in, 0);
-    ::dup2(out, 1);
-    ::dup2(out, 2);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) throw std::runtime_error("waitpid failed");
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    std::string cmd;
-    for (const auto& a : argv) cmd += a + " ";
-    throw std::runtime_error("TLS fixtures: `" + cmd + "` failed (status " + std::to_string(status) +
-                             "):\n" + read_file(log));
-  }
+  const int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  const int status = in < 0 || out < 0 ? 126 : wait_exit(spawn(argv, in, out, out));
+  if (in >= 0) ::close(in);
+  if (out >= 0) ::close(out);
+  if (status != 0)
+    throw std::runtime_error("TLS fixtures: `" + command_line(argv) + "` failed (exit status " +
+                             std::to_string(status) + "):\n" + read_file(log));
 }
 
 void copy(const std::string& from, const std::string& to) {
@@ -75,51 +47,27 @@ bool nbdkit_has_tls() {
   return ("\n" + out).find("\ntls=yes\n") != std::string::npos;
 }
 
-// certtool templates. The CA's own validity starts in 2000 so that the
+// certtool templates. The CAs' own validity starts in 2000 so that the
 // expired server certificate (2001-2002) lies inside it: the only fault
 // of that certificate is its age.
-constexpr const char* ca_template = R"(cn = "nbdcpp test CA"
-ca
-cert_signing_key
-activation_date = "2000-01-01 00:00:00 UTC"
-expiration_date = "2099-01-01 00:00:00 UTC"
-)";
+std::string ca_template(const std::string& cn) {
+  return "cn = \"" + cn + "\"\n"
+         "ca\n"
+         "cert_signing_key\n"
+         "activation_date = \"2000-01-01 00:00:00 UTC\"\n"
+         "expiration_date = \"2099-01-01 00:00:00 UTC\"\n";
+}
 
-constexpr const char* other_ca_template = R"(cn = "nbdcpp unrelated CA"
-ca
-cert_signing_key
-activation_date = "2000-01-01 00:00:00 UTC"
-expiration_date = "2099-01-01 00:00:00 UTC"
-)";
+// A leaf certificate: subject lines, then its use (tls_www_server or
+// tls_www_client), then validity lines.
+std::string leaf_template(const std::string& subject, const std::string& use, const std::string& validity) {
+  return "organization = \"nbdcpp test\"\n" + subject + use + "\n" + "encryption_key\nsigning_key\n" + validity;
+}
 
-constexpr const char* server_template = R"(organization = "nbdcpp test"
-cn = "localhost"
-dns_name = "localhost"
-ip_address = "127.0.0.1"
-tls_www_server
-encryption_key
-signing_key
-expiration_days = 3650
-)";
-
-constexpr const char* expired_template = R"(organization = "nbdcpp test"
-cn = "localhost"
-dns_name = "localhost"
-ip_address = "127.0.0.1"
-tls_www_server
-encryption_key
-signing_key
-activation_date = "2001-01-01 00:00:00 UTC"
-expiration_date = "2002-01-01 00:00:00 UTC"
-)";
-
-constexpr const char* client_template = R"(organization = "nbdcpp test"
-cn = "nbdcpp test client"
-tls_www_client
-encryption_key
-signing_key
-expiration_days = 3650
-)";
+constexpr const char* localhost = "cn = \"localhost\"\n"
+                                  "dns_name = \"localhost\"\n"
+                                  "ip_address = \"127.0.0.1\"\n";
+constexpr const char* ten_years = "expiration_days = 3650\n";
 
 struct Maker {
   TempDir dir;
@@ -128,89 +76,76 @@ struct Maker {
 
   std::string work(const std::string& name) const { return dir.file("work/" + name); }
 
-  void key(const std::string& out) {
-    run({"certtool", "--generate-privkey", "--key-type=ecdsa", "--curve=secp256r1", "--outfile", out}, log);
-  }
-  // A self-signed CA certificate for key.
-  void self_signed(const std::string& key_file, const std::string& tmpl, const std::string& out) {
+  // A new key, work/NAME-key.pem, and its certificate from tmpl,
+  // work/NAME-cert.pem: self-signed when ca is "", else signed by the CA
+  // work/CA-cert.pem (whose key is work/CA-key.pem).
+  void cert(const std::string& name, const std::string& tmpl, const std::string& ca = "") {
+    const std::string key = work(name + "-key.pem");
+    run({"certtool", "--generate-privkey", "--key-type=ecdsa", "--curve=secp256r1", "--outfile", key}, log);
     write_file(work("t.tmpl"), tmpl);
-    run({"certtool", "--generate-self-signed", "--load-privkey", key_file, "--template", work("t.tmpl"),
-         "--outfile", out},
-        log);
+    std::vector<std::string> argv{"certtool", ca.empty() ? "--generate-self-signed" : "--generate-certificate",
+                                  "--load-privkey", key};
+    if (!ca.empty())
+      argv.insert(argv.end(),
+                  {"--load-ca-certificate", work(ca + "-cert.pem"), "--load-ca-privkey", work(ca + "-key.pem")});
+    argv.insert(argv.end(), {"--template", work("t.tmpl"), "--outfile", work(name + "-cert.pem")});
+    run(argv, log);
   }
-  // A certificate for key, signed by the CA (ca_cert, ca_key).
-  void signed_by(const std::string& key_file, const std::string& ca_cert, const std::string& ca_key,
-                 const std::string& tmpl, const std::string& out) {
-    write_file(work("t.tmpl"), tmpl);
-    run({"certtool", "--generate-certificate", "--load-privkey", key_file, "--load-ca-certificate", ca_cert,
-         "--load-ca-privkey", ca_key, "--template", work("t.tmpl"), "--outfile", out},
-        log);
+
+  // The directory NAME: the certificate of the CA (named as for cert()) as
+  // ca-cert.pem and, when from is given, FROM's certificate and key as
+  // ROLE-cert.pem and ROLE-key.pem.
+  std::string creds(const std::string& name, const std::string& ca, const std::string& from = "",
+                    const std::string& role = "") {
+    const std::string d = mkdir(dir.file(name));
+    copy(work(ca + "-cert.pem"), d + "/ca-cert.pem");
+    if (!from.empty()) {
+      copy(work(from + "-cert.pem"), d + "/" + role + "-cert.pem");
+      copy(work(from + "-key.pem"), d + "/" + role + "-key.pem");
+    }
+    return d;
+  }
+
+  // The directory NAME holding keys.psk, a new key for f.psk_username
+  // (psktool appends to an existing file; each file is new here).
+  std::string psk(const std::string& name) {
+    const std::string d = mkdir(dir.file(name));
+    run({"psktool", "-u", f.psk_username, "-p", d + "/keys.psk"}, log);
+    return d;
   }
 
   Maker() {
     f.root = dir.path();
     mkdir(dir.file("work"));
-    const std::string ca_key = work("ca-key.pem"), ca_cert = work("ca-cert.pem");
-    const std::string other_key = work("other-ca-key.pem"), other_cert = work("other-ca-cert.pem");
-    key(ca_key);
-    self_signed(ca_key, ca_template, ca_cert);
-    key(other_key);
-    self_signed(other_key, other_ca_template, other_cert);
+    cert("ca", ca_template("nbdcpp test CA"));
+    cert("other-ca", ca_template("nbdcpp unrelated CA"));
+    cert("server", leaf_template(localhost, "tls_www_server", ten_years), "ca");
+    cert("expired",
+         leaf_template(localhost, "tls_www_server",
+                       "activation_date = \"2001-01-01 00:00:00 UTC\"\n"
+                       "expiration_date = \"2002-01-01 00:00:00 UTC\"\n"),
+         "ca");
+    const std::string client = leaf_template("cn = \"nbdcpp test client\"\n", "tls_www_client", ten_years);
+    cert("client", client, "ca");
+    cert("stranger", client, "other-ca");
 
-    key(work("server-key.pem"));
-    signed_by(work("server-key.pem"), ca_cert, ca_key, server_template, work("server-cert.pem"));
-    key(work("expired-key.pem"));
-    signed_by(work("expired-key.pem"), ca_cert, ca_key, expired_template, work("expired-cert.pem"));
-    key(work("client-key.pem"));
-    signed_by(work("client-key.pem"), ca_cert, ca_key, client_template, work("client-cert.pem"));
-    key(work("stranger-key.pem"));
-    signed_by(work("stranger-key.pem"), other_cert, other_key, client_template, work("stranger-cert.pem"));
+    f.server_dir = creds("server", "ca", "server", "server");
+    f.expired_server_dir = creds("server-expired", "ca", "expired", "server");
+    f.client_dir = creds("client", "ca", "client", "client");
+    f.client_ca_only_dir = creds("client-ca-only", "ca");
+    f.wrong_ca_dir = creds("client-wrong-ca", "other-ca");
+    f.client_wrong_signer_dir = creds("client-wrong-signer", "ca", "stranger", "client");
 
-    f.server_dir = mkdir(dir.file("server"));
-    copy(ca_cert, f.server_dir + "/ca-cert.pem");
-    copy(work("server-cert.pem"), f.server_dir + "/server-cert.pem");
-    copy(work("server-key.pem"), f.server_dir + "/server-key.pem");
-
-    f.expired_server_dir = mkdir(dir.file("server-expired"));
-    copy(ca_cert, f.expired_server_dir + "/ca-cert.pem");
-    copy(work("expired-cert.pem"), f.expired_server_dir + "/server-cert.pem");
-    copy(work("expired-key.pem"), f.expired_server_dir + "/server-key.pem");
-
-    f.client_dir = mkdir(dir.file("client"));
-    copy(ca_cert, f.client_dir + "/ca-cert.pem");
-    copy(work("client-cert.pem"), f.client_dir + "/client-cert.pem");
-    copy(work("client-key.pem"), f.client_dir + "/client-key.pem");
-
-    f.client_ca_only_dir = mkdir(dir.file("client-ca-only"));
-    copy(ca_cert, f.client_ca_only_dir + "/ca-cert.pem");
-
-    f.wrong_ca_dir = mkdir(dir.file("client-wrong-ca"));
-    copy(other_cert, f.wrong_ca_dir + "/ca-cert.pem");
-
-    f.client_wrong_signer_dir = mkdir(dir.file("client-wrong-signer"));
-    copy(ca_cert, f.client_wrong_signer_dir + "/ca-cert.pem");
-    copy(work("stranger-cert.pem"), f.client_wrong_signer_dir + "/client-cert.pem");
-    copy(work("stranger-key.pem"), f.client_wrong_signer_dir + "/client-key.pem");
-
-    // psktool appends to an existing file; each file is new here.
-    f.psk_dir = mkdir(dir.file("psk"));
+    f.psk_dir = psk("psk");
     f.psk_file = f.psk_dir + "/keys.psk";
-    run({"psktool", "-u", f.psk_username, "-p", f.psk_file}, log);
-    f.psk_other_dir = mkdir(dir.file("psk-other"));
+    f.psk_other_dir = psk("psk-other");
     f.psk_other_file = f.psk_other_dir + "/keys.psk";
-    run({"psktool", "-u", f.psk_username, "-p", f.psk_other_file}, log);
     if (read_file(f.psk_file) == read_file(f.psk_other_file))
       throw std::runtime_error("TLS fixtures: psktool made the same key twice");
   }
 };
 
 } // namespace
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::trunc);
-  out << text;
-  if (!out.flush()) throw std::runtime_error("cannot write " + path);
-}
 
 const std::string& tools_unavailable_reason() {
   static const std::string reason = []() -> std::string {

@@ -66,20 +66,39 @@ inline bool available() { return unavailable_reason().empty(); }
 /// std::runtime_error with their output) and kept for the process.
 const Fixtures& fixtures();
 
-/// Writes text to path (truncating).
-void write_file(const std::string& path, const std::string& text);
+/// Client credentials: h.set_tls(mode) and the certificate directory.
+inline void use_certs(nbd::Handle& h, const std::string& dir, int mode = nbd::TLS_REQUIRE) {
+  h.set_tls(mode);
+  h.set_tls_certificates(dir);
+}
+
+/// Client credentials: h.set_tls(mode), the PSK file and the user in it.
+inline void use_psk(nbd::Handle& h, const std::string& file, const std::string& user,
+                    int mode = nbd::TLS_REQUIRE) {
+  h.set_tls(mode);
+  h.set_tls_psk_file(file);
+  h.set_tls_username(user);
+}
 
 } // namespace nbdtest::tls
 
-/// doctest decorator for the nbdkit TLS tests: skip (visibly) when the
-/// tools are missing.
-#define NBDTEST_NEEDS_TLS doctest::skip(!nbdtest::tls::available())
-/// First statement of a TLS test body: with --no-skip and no tools, say why
-/// and return rather than fail on a missing program.
-#define NBDTEST_REQUIRE_TLS()                                                  \
+/// First statement of a test body that needs what ok says is there: when
+/// it is not (a run with --no-skip), say why and return rather than fail on
+/// a missing program.
+#define NBDTEST_SKIP_UNLESS(ok, reason)                                        \
   do {                                                                         \
-    if (!nbdtest::tls::available()) {                                          \
-      MESSAGE("SKIP: " << nbdtest::tls::unavailable_reason());                 \
+    if (!(ok)) {                                                               \
+      MESSAGE("SKIP: " << (reason));                                           \
       return;                                                                  \
     }                                                                          \
   } while (0)
+
+/// doctest decorator for the nbdkit TLS tests: skip (visibly) when the
+/// tools are missing; and the first statement of their bodies.
+#define NBDTEST_NEEDS_TLS doctest::skip(!nbdtest::tls::available())
+#define NBDTEST_REQUIRE_TLS() NBDTEST_SKIP_UNLESS(nbdtest::tls::available(), nbdtest::tls::unavailable_reason())
+
+/// The same for tests that need the credentials but not nbdkit (qemu-nbd).
+#define NBDTEST_NEEDS_TLS_TOOLS doctest::skip(!nbdtest::tls::tools_available())
+#define NBDTEST_REQUIRE_TLS_TOOLS()                                            \
+  NBDTEST_SKIP_UNLESS(nbdtest::tls::tools_available(), nbdtest::tls::tools_unavailable_reason())

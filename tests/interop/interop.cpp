@@ -4,67 +4,23 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstdlib>
-#include <cstring>
-#include <filesystem>
 #include <fstream>
-#include <stdexcept>
 
 namespace interop {
 
-bool have_program(const std::string& prog) {
-  const char* path = std::getenv("PATH");
-  std::string p = path ? path : "/usr/bin:/bin";
-  std::size_t start = 0;
-  while (start <= p.size()) {
-    std::size_t end = p.find(':', start);
-    if (end == std::string::npos) end = p.size();
-    std::string dir = p.substr(start, end - start);
-    if (!dir.empty() && ::access((dir + "/" + prog).c_str(), X_OK) == 0) return true;
-    start = end + 1;
-  }
-  return false;
-}
-
 int run(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    int null = ::open("/dev/null", O_RDWR);
-    if (null >= 0) ::dup2(null, 1);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  const pid_t pid = nbdtest::spawn(argv, -1, null);
+  if (null >= 0) ::close(null);
+  return nbdtest::wait_exit(pid);
 }
 
 void must_run(const std::vector<std::string>& argv) {
-  std::string cmd;
-  for (const auto& a : argv) cmd += a + " ";
-  INFO("command: " << cmd);
+  INFO("command: " << nbdtest::command_line(argv));
   int status = run(argv);
   REQUIRE(status == 0);
-}
-
-TempDir::TempDir() {
-  std::string tmpl = (std::filesystem::temp_directory_path() / "nbdcpp-interop-XXXXXX").string();
-  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-  path_ = tmpl;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
 }
 
 Bytes pattern(std::size_t n, std::uint8_t seed) {
@@ -72,6 +28,25 @@ Bytes pattern(std::size_t n, std::uint8_t seed) {
   for (std::size_t i = 0; i < n; ++i)
     b[i] = static_cast<std::uint8_t>(seed * 31 + (i >> 9) * 7 + i);
   return b;
+}
+
+void aio_round_trip(nbd::Handle& h, std::uint64_t base, std::uint8_t seed) {
+  constexpr std::size_t n = 32, len = 16 * 1024;
+  std::vector<Bytes> bufs, back(n, Bytes(len));
+  for (std::size_t i = 0; i < n; ++i) bufs.push_back(pattern(len, static_cast<std::uint8_t>(seed + i)));
+  std::size_t done = 0;
+  int failed = 0;
+  auto cb = [&](int* err) {
+    ++done;
+    failed += *err != 0;
+    return 1;
+  };
+  for (std::size_t i = 0; i < n; ++i) h.aio_pwrite(bufs[i], base + i * len, cb);
+  while (done < n) h.poll(-1);
+  for (std::size_t i = 0; i < n; ++i) h.aio_pread(back[i], base + i * len, cb);
+  while (done < 2 * n) h.poll(-1);
+  CHECK(failed == 0);
+  CHECK(back == bufs);
 }
 
 void make_sparse(const std::string& path, std::uint64_t size) {
@@ -102,11 +77,6 @@ void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
   REQUIRE(f.good());
-}
-
-std::string expected_transport() {
-  const char* t = std::getenv("NBDCPP_TRANSPORT");
-  return (t && std::string(t) == "socket") ? "socket" : "io_uring";
 }
 
 } // namespace interop

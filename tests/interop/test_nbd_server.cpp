@@ -10,22 +10,12 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <functional>
 
 using namespace interop;
 
 namespace {
 
 constexpr std::uint64_t KiB = 1024, MiB = 1024 * KiB;
-
-int error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const nbd::Error& e) {
-    return e.errnum();
-  }
-  return 0;
-}
 
 /// A config with two exports: "disk" (8 MiB, writable, flush/FUA/trim)
 /// and "ro" (1 MiB, read-only).
@@ -58,10 +48,6 @@ TEST_SUITE_BEGIN("nbd-server");
 
 TEST_CASE("a named export: writes read back and land in the file") {
   Config cfg;
-  struct Write {
-    std::uint64_t off;
-    Bytes data;
-  };
   const std::vector<Write> writes{{0, pattern(512, 1)},
                                   {4096, pattern(64 * KiB, 2)},
                                   {1 * MiB + 512, pattern(1 * MiB, 3)},
@@ -78,31 +64,10 @@ TEST_CASE("a named export: writes read back and land in the file") {
     CHECK(h.can_flush());
     CHECK(h.can_fua());
     CHECK(h.can_trim());
-    for (const auto& w : writes) h.pwrite(w.data, w.off, nbd::CMD_FLAG_FUA);
-    for (const auto& w : writes) {
-      CAPTURE(w.off);
-      Bytes back(w.data.size());
-      h.pread(back, w.off);
-      CHECK(back == w.data);
-    }
+    write_and_read_back(h, writes, nbd::CMD_FLAG_FUA);
     h.flush();
     // aio, many in flight.
-    std::vector<Bytes> bufs, back(32, Bytes(16 * KiB));
-    for (int i = 0; i < 32; ++i) bufs.push_back(pattern(16 * KiB, static_cast<std::uint8_t>(100 + i)));
-    int done = 0, failed = 0;
-    auto cb = [&](int* err) {
-      ++done;
-      failed += *err != 0;
-      return 1;
-    };
-    for (int i = 0; i < 32; ++i)
-      h.aio_pwrite(bufs[static_cast<std::size_t>(i)], 3 * MiB + static_cast<std::uint64_t>(i) * 16 * KiB, cb);
-    while (done < 32) h.poll(-1);
-    for (int i = 0; i < 32; ++i)
-      h.aio_pread(back[static_cast<std::size_t>(i)], 3 * MiB + static_cast<std::uint64_t>(i) * 16 * KiB, cb);
-    while (done < 64) h.poll(-1);
-    CHECK(failed == 0);
-    CHECK(back == bufs);
+    aio_round_trip(h, 3 * MiB, 100);
     if (h.can_zero()) {
       h.zero(64 * KiB, 4096);
       Bytes z(64 * KiB, 1);

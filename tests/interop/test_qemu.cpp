@@ -15,7 +15,6 @@
 #include <cerrno>
 #include <csignal>
 #include <fstream>
-#include <functional>
 #include <map>
 
 using namespace interop;
@@ -30,20 +29,6 @@ std::vector<std::string> qemu_nbd(std::vector<std::string> args) {
   return argv;
 }
 
-int error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const nbd::Error& e) {
-    return e.errnum();
-  }
-  return 0;
-}
-
-struct Write {
-  std::uint64_t off;
-  Bytes data;
-};
-
 std::vector<Write> some_writes() {
   return {{0, pattern(512, 1)},
           {4096, pattern(64 * KiB, 2)},
@@ -52,14 +37,8 @@ std::vector<Write> some_writes() {
 }
 
 // Writes, reads back through the server, then flushes.
-void write_and_read_back(nbd::Handle& h, const std::vector<Write>& writes) {
-  for (const auto& w : writes) h.pwrite(w.data, w.off);
-  for (const auto& w : writes) {
-    CAPTURE(w.off);
-    Bytes back(w.data.size());
-    h.pread(back, w.off);
-    CHECK(back == w.data);
-  }
+void write_read_back_flush(nbd::Handle& h, const std::vector<Write>& writes) {
+  write_and_read_back(h, writes);
   if (h.can_flush()) h.flush();
 }
 
@@ -86,7 +65,7 @@ TEST_CASE("raw image: writes read back and land in the file") {
     check_connection(h);
     CHECK(h.get_size() == static_cast<std::int64_t>(8 * MiB));
     CHECK_FALSE(h.is_read_only());
-    write_and_read_back(h, writes);
+    write_read_back_flush(h, writes);
     h.shutdown();
   }
   for (const auto& w : writes) {
@@ -105,24 +84,9 @@ TEST_CASE("qcow2 image: writes read back and reach the image") {
     h.connect_systemd_socket_activation(qemu_nbd({"-f", "qcow2", img}));
     check_connection(h);
     CHECK(h.get_size() == static_cast<std::int64_t>(8 * MiB));
-    write_and_read_back(h, writes);
+    write_read_back_flush(h, writes);
     // aio: many in flight at once, all checked.
-    std::vector<Bytes> bufs, back(32, Bytes(16 * KiB));
-    for (int i = 0; i < 32; ++i) bufs.push_back(pattern(16 * KiB, static_cast<std::uint8_t>(50 + i)));
-    int done = 0, failed = 0;
-    auto cb = [&](int* err) {
-      ++done;
-      failed += *err != 0;
-      return 1;
-    };
-    for (int i = 0; i < 32; ++i)
-      h.aio_pwrite(bufs[static_cast<std::size_t>(i)], 4 * MiB + static_cast<std::uint64_t>(i) * 16 * KiB, cb);
-    while (done < 32) h.poll(-1);
-    for (int i = 0; i < 32; ++i)
-      h.aio_pread(back[static_cast<std::size_t>(i)], 4 * MiB + static_cast<std::uint64_t>(i) * 16 * KiB, cb);
-    while (done < 64) h.poll(-1);
-    CHECK(failed == 0);
-    CHECK(back == bufs);
+    aio_round_trip(h, 4 * MiB, 50);
     h.shutdown();
   }
   // The image itself, converted back to raw by qemu-img, has the data.

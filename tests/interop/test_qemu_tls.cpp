@@ -16,7 +16,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <fstream>
-#include <functional>
 
 using namespace interop;
 namespace tls = nbdtest::tls;
@@ -24,29 +23,6 @@ namespace tls = nbdtest::tls;
 namespace {
 
 constexpr std::uint64_t KiB = 1024, MiB = 1024 * KiB;
-
-#define NEEDS_TLS_TOOLS doctest::skip(!nbdtest::tls::tools_available())
-#define REQUIRE_TLS_TOOLS()                                                    \
-  do {                                                                         \
-    if (!nbdtest::tls::tools_available()) {                                    \
-      MESSAGE("SKIP: " << nbdtest::tls::tools_unavailable_reason());           \
-      return;                                                                  \
-    }                                                                          \
-  } while (0)
-
-struct Failure {
-  int err = 0;
-  std::string what;
-};
-
-Failure failure_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const nbd::Error& e) {
-    return {e.errnum(), e.what()};
-  }
-  return {};
-}
 
 std::vector<std::string> x509_args(const std::string& dir) {
   return {"--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + dir, "--tls-creds", "tls0"};
@@ -71,11 +47,6 @@ void check_tls_connection(nbd::Handle& h, std::uint64_t size) {
   CHECK(h.get_size() == static_cast<std::int64_t>(size));
 }
 
-struct Write {
-  std::uint64_t off;
-  Bytes data;
-};
-
 // Blocking writes of 512 B to 3 MiB (many TLS records each), then 64
 // writes in flight at once, all read back (64 reads in flight), flushed.
 // Returns every write made, for checking the file afterwards.
@@ -84,13 +55,7 @@ std::vector<Write> exercise(nbd::Handle& h) {
                             {4096 + 3, pattern(64 * KiB + 1, 2)},
                             {1 * MiB, pattern(3 * MiB, 3)},
                             {5 * MiB - 17, pattern(1 * MiB, 4)}};
-  for (const auto& w : writes) h.pwrite(w.data, w.off);
-  for (const auto& w : writes) {
-    CAPTURE(w.off);
-    Bytes back(w.data.size());
-    h.pread(back, w.off);
-    CHECK(back == w.data);
-  }
+  write_and_read_back(h, writes);
 
   std::vector<Write> many;
   for (int i = 0; i < 64; ++i)
@@ -152,21 +117,30 @@ private:
 
 TEST_SUITE_BEGIN("qemu-nbd");
 
-TEST_CASE("TLS with X.509 certificates (socket activation): data reaches the image" * NEEDS_TLS_TOOLS) {
-  REQUIRE_TLS_TOOLS();
+TEST_CASE("TLS with X.509 certificates (socket activation): data reaches the image" * NBDTEST_NEEDS_TLS_TOOLS) {
+  NBDTEST_REQUIRE_TLS_TOOLS();
   const auto& f = tls::fixtures();
   TempDir dir;
   const std::string img = dir.file("disk.raw");
   make_sparse(img, 16 * MiB);
   const auto argv = qemu_nbd(x509_args(f.server_dir), {"-f", "raw", "-x", "disk", img});
+  // A client requiring TLS with the credentials in certs, whose connection
+  // must fail (and leave the handle dead).
+  auto connect_fails = [&](const std::string& certs) {
+    nbd::Handle h;
+    tls::use_certs(h, certs);
+    h.set_export_name("disk");
+    const Failure fl = failure_of([&] { h.connect_systemd_socket_activation(argv); });
+    CHECK(h.aio_is_dead());
+    return fl;
+  };
   SUBCASE("writes and reads, 64 in flight") {
     std::vector<Write> writes;
     {
       nbd::Handle h;
-      h.set_tls(nbd::TLS_REQUIRE);
       // tls-creds-x509 checks clients by default: this directory has a
       // client certificate from the same CA.
-      h.set_tls_certificates(f.client_dir);
+      tls::use_certs(h, f.client_dir);
       h.set_export_name("disk");
       h.connect_systemd_socket_activation(argv);
       check_tls_connection(h, 16 * MiB);
@@ -177,28 +151,18 @@ TEST_CASE("TLS with X.509 certificates (socket activation): data reaches the ima
   }
 
   SUBCASE("without a client certificate qemu-nbd refuses the client") {
-    nbd::Handle h;
-    h.set_tls(nbd::TLS_REQUIRE);
-    h.set_tls_certificates(f.client_ca_only_dir);
-    h.set_export_name("disk");
-    const Failure fl = failure_of([&] { h.connect_systemd_socket_activation(argv); });
+    const Failure fl = connect_fails(f.client_ca_only_dir);
     CHECK_MESSAGE(fl.err != 0, fl.what);
-    CHECK(h.aio_is_dead());
   }
   SUBCASE("a CA that did not sign qemu-nbd's certificate: EIO") {
-    nbd::Handle h;
-    h.set_tls(nbd::TLS_REQUIRE);
-    h.set_tls_certificates(f.wrong_ca_dir);
-    h.set_export_name("disk");
-    const Failure fl = failure_of([&] { h.connect_systemd_socket_activation(argv); });
+    const Failure fl = connect_fails(f.wrong_ca_dir);
     CHECK_MESSAGE(fl.err == EIO, fl.what);
-    CHECK(h.aio_is_dead());
   }
 }
 
 TEST_CASE("TLS with PSK (unix socket, nbds+unix URI): data reaches the image; wrong key, no TLS" *
-          NEEDS_TLS_TOOLS) {
-  REQUIRE_TLS_TOOLS();
+          NBDTEST_NEEDS_TLS_TOOLS) {
+  NBDTEST_REQUIRE_TLS_TOOLS();
   const auto& f = tls::fixtures();
   TempDir dir;
   const std::string img = dir.file("disk.raw");
@@ -241,9 +205,7 @@ TEST_CASE("TLS with PSK (unix socket, nbds+unix URI): data reaches the image; wr
   {
     // And the server is still fine for a good client, with TLS_ALLOW.
     nbd::Handle h;
-    h.set_tls(nbd::TLS_ALLOW);
-    h.set_tls_psk_file(f.psk_file);
-    h.set_tls_username(f.psk_username);
+    tls::use_psk(h, f.psk_file, f.psk_username, nbd::TLS_ALLOW);
     h.set_export_name("disk");
     h.connect_unix(server.socket());
     CHECK(h.get_tls_negotiated());
