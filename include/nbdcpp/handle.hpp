@@ -164,10 +164,12 @@ public:
   void set_strict_mode(std::uint32_t flags);
   /// Any state. libnbd: nbd_get_strict_mode.
   std::uint32_t get_strict_mode() const;
-  /// Whether aio_pread / pread zero the buffer before anything else
-  /// (default true), so a failed or lying read never exposes stale memory.
-  /// See docs/pread-initialize.md. Any state. libnbd:
-  /// nbd_set_pread_initialize.
+  /// Whether reads guarantee the buffer never keeps stale memory (default
+  /// true): a rejected read zeroes it at once, a failed one before its
+  /// completion runs, and a successful one was written whole. Unlike
+  /// libnbd, a successful read costs no memset; a failed one keeps no
+  /// partial data. See docs/pread-initialize.md. Any state; applies to
+  /// reads queued afterwards. libnbd: nbd_set_pread_initialize.
   void set_pread_initialize(bool zero_first);
   /// Any state. libnbd: nbd_get_pread_initialize.
   bool get_pread_initialize() const;
@@ -487,8 +489,8 @@ public:
   /// the connection dies or the handle is closed first.
   ///@{
 
-  /// Reads buf.size() bytes at offset into buf (zeroed first unless
-  /// set_pread_initialize(false)). Flags: none. libnbd: nbd_aio_pread.
+  /// Reads buf.size() bytes at offset into buf (all zeroes if it fails,
+  /// unless set_pread_initialize(false)). Flags: none. libnbd: nbd_aio_pread.
   std::uint64_t aio_pread(std::span<std::uint8_t> buf, std::uint64_t offset,
                           CompletionCallback cb = {}, std::uint32_t flags = 0);
   /// aio_pread without exceptions: returns 0 and sets ec instead.

@@ -204,16 +204,34 @@ std::uint64_t noexcept_form(std::error_code& ec, F&& f) noexcept {
 
 // --- aio_* ------------------------------------------------------------------------------
 
+std::uint64_t Handle::Impl::queue_read(const char* fn, proto::CommandSpec& spec, std::uint32_t flags,
+                                       bool structured_call, CommandRecord rec) {
+  // pread_initialize: a read that is rejected or fails never leaves stale
+  // memory in the buffer for the caller to mistake for data. A rejected
+  // one is zeroed here; a failed one when it completes (on_command_done),
+  // once nothing can still write into it. A successful one was written
+  // whole (data, and zeroes for holes: the engine checks the coverage), so
+  // it needs no memset, the cost libnbd pays on every read.
+  auto zero = [&] {
+    // An empty span may have a null data(): memset(nullptr, 0, 0) is UB.
+    if (pread_initialize && !spec.read_buf.empty())
+      std::memset(spec.read_buf.data(), 0, spec.read_buf.size());
+  };
+  try {
+    check_command(fn, spec, flags, structured_call);
+  } catch (...) {
+    zero();
+    throw;
+  }
+  rec.zero_on_error = pread_initialize;
+  return submit(fn, spec, std::move(rec));
+}
+
 std::uint64_t Handle::aio_pread(std::span<std::uint8_t> buf, std::uint64_t offset,
                                 CompletionCallback cb, std::uint32_t flags) {
   NBD_LOCK;
-  // Zeroed before any check: a rejected or failed read never leaves stale
-  // memory for the caller to mistake for data.
-  // (An empty span may have a null data(): memset(nullptr, 0, 0) is UB.)
-  if (impl_->pread_initialize && !buf.empty()) std::memset(buf.data(), 0, buf.size());
   proto::CommandSpec spec{wire::cmd_read, static_cast<std::uint16_t>(flags), offset, buf.size(), buf, {}};
-  impl_->check_command("aio_pread", spec, flags);
-  return impl_->submit("aio_pread", spec, CommandRecord{.completion = std::move(cb)});
+  return impl_->queue_read("aio_pread", spec, flags, false, CommandRecord{.completion = std::move(cb)});
 }
 
 std::uint64_t Handle::aio_pread(std::span<std::uint8_t> buf, std::uint64_t offset,
@@ -226,13 +244,11 @@ std::uint64_t Handle::aio_pread_structured(std::span<std::uint8_t> buf, std::uin
                                            ChunkCallback chunk, CompletionCallback cb,
                                            std::uint32_t flags) {
   NBD_LOCK;
-  if (impl_->pread_initialize && !buf.empty()) std::memset(buf.data(), 0, buf.size());
   proto::CommandSpec spec{wire::cmd_read, static_cast<std::uint16_t>(flags), offset, buf.size(), buf, {}};
-  impl_->check_command("aio_pread_structured", spec, flags, true);
   // Without structured replies the whole read arrives as one simple reply;
   // the chunk callback still sees it, as one data chunk (libnbd does this).
-  return impl_->submit("aio_pread_structured", spec,
-                       CommandRecord{.completion = std::move(cb), .chunk = std::move(chunk)});
+  return impl_->queue_read("aio_pread_structured", spec, flags, true,
+                           CommandRecord{.completion = std::move(cb), .chunk = std::move(chunk)});
 }
 
 std::uint64_t Handle::aio_pwrite(std::span<const std::uint8_t> buf, std::uint64_t offset,

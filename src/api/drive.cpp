@@ -9,6 +9,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cerrno>
 #include <limits>
 
@@ -163,6 +164,10 @@ void Handle::Impl::on_command_done(const proto::Event& e) {
   const std::uint64_t cookie = engine.slot_cookie(e.slot);
   int err = e.error ? e.error : rec.callback_error;
   rec.final_error = err;
+  // pread_initialize for a failed read (see queue_read); the transport has
+  // quiesced or finished with the buffer.
+  if (err && rec.zero_on_error && !rec.read_buf.empty())
+    std::memset(rec.read_buf.data(), 0, rec.read_buf.size());
   rec.chunk.reset();
   rec.extent.reset();
   rec.extent64.reset();

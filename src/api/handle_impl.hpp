@@ -33,6 +33,7 @@ struct CommandRecord {
   std::uint64_t offset = 0;
   int callback_error = 0; // set by a chunk / extent callback returning -1
   int final_error = 0;    // what aio_command_completed reports
+  bool zero_on_error = false; // pread_initialize: see Impl::queue_read
 
   void release_callbacks() {
     completion.reset();
@@ -139,6 +140,9 @@ struct Handle::Impl {
 
   // --- commands ---------------------------------------------------------------
   std::uint64_t submit(const char* fn, const proto::CommandSpec& spec, CommandRecord rec);
+  /// aio_pread and aio_pread_structured: checks, pread_initialize, submit.
+  std::uint64_t queue_read(const char* fn, proto::CommandSpec& spec, std::uint32_t flags,
+                           bool structured_call, CommandRecord rec);
   /// The largest write payload we send: the server's maximum block size
   /// if it gave one, else the 32 MiB proto.md says every server accepts.
   std::uint64_t payload_limit() const;

@@ -444,6 +444,40 @@ TEST_CASE("pread_initialize zeroes the buffer on failure and on rejection") {
           }) == EIO);
     CHECK(all_bytes(buf, 0));
   }
+  SUBCASE("failed by the server: zeroes already when the completion callback runs") {
+    nbd::Handle h;
+    nbdtest::connect(h, {"--filter=error", "pattern", "1M", "error-pread=EIO",
+                         "error-pread-rate=1"});
+    buf.assign(buf.size(), 0xaa);
+    bool zero_in_callback = false;
+    int error = 0;
+    auto ck = h.aio_pread(buf, 0, [&](int* err) {
+      error = *err;
+      zero_in_callback = all_bytes(buf, 0);
+      return 1;
+    });
+    while (h.aio_in_flight() > 0) h.poll(-1);
+    CHECK(ck >= 1);
+    CHECK(error == EIO);
+    CHECK(zero_in_callback);
+  }
+  SUBCASE("a successful read over holes and data leaves no old byte") {
+    // memory serves unwritten areas as holes (structured replies), so the
+    // read is covered by hole chunks and data chunks, never by a memset.
+    nbd::Handle h;
+    nbdtest::connect(h, {"memory", "1M"});
+    std::vector<std::uint8_t> data(kib, 0x5c);
+    h.pwrite(data, 64 * kib + kib);
+    std::vector<std::uint8_t> big(256 * kib, 0xaa);
+    h.pread(big, 0);
+    for (std::size_t i = 0; i < big.size(); ++i) {
+      const std::uint8_t want = (i >= 65 * kib && i < 66 * kib) ? 0x5c : 0;
+      if (big[i] != want) {
+        FAIL_CHECK("byte " << i << " is " << int(big[i]) << ", expected " << int(want));
+        break;
+      }
+    }
+  }
   SUBCASE("off: a rejected read leaves the buffer alone") {
     nbd::Handle h;
     h.set_pread_initialize(false);
