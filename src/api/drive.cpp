@@ -84,6 +84,10 @@ void Handle::Impl::after_io() {
       debug_log("engine", fmt::format("connection died: {}", error_message));
     }
   }
+  if (!tls_logged && engine.tls_negotiated()) [[unlikely]] {
+    tls_logged = true;
+    debug_log("tls", "TLS negotiated: " + engine.tls_description());
+  }
   dispatch_events();
 }
 

@@ -81,6 +81,7 @@ struct Handle::Impl {
   proto::Engine engine;
   std::unique_ptr<transport::Transport> transport;
   bool quiesced = false;
+  bool tls_logged = false; // the debug message about the TLS session went out
   pid_t pid = -1;
   bool connect_failed = false; // died before the engine started
   int error = 0;               // why the handle died / the last connect failure

@@ -207,6 +207,8 @@ public:
   bool meta_contexts_negotiated() const { return contexts_set_; }
   /// True once the TLS handshake completed.
   bool tls_negotiated() const { return tls_ == Tls::on; }
+  /// What TLS agreed on ("" without TLS), for debug messages.
+  std::string tls_description() const { return tls_session_ ? tls_session_->description() : ""; }
   /// "oldstyle", "newstyle" or "newstyle-fixed" (libnbd's names).
   const char* protocol() const;
   std::uint16_t server_handshake_flags() const { return server_flags_; }

@@ -46,6 +46,8 @@ public:
   virtual bool flush() = 0;
   /// Queues the close_notify alert (after the last request).
   virtual void close_notify() = 0;
+  /// The protocol, key exchange and cipher agreed, for debug messages.
+  virtual std::string description() const = 0;
   /// Plaintext decrypted but not yet read.
   virtual std::size_t pending_plaintext() const = 0;
 

@@ -195,6 +195,14 @@ public:
     (void)gnutls_bye(session_, GNUTLS_SHUT_WR);
   }
 
+  std::string description() const override {
+    char* d = gnutls_session_get_desc(session_);
+    if (!d) return "TLS";
+    std::string s(d);
+    gnutls_free(d);
+    return s;
+  }
+
   std::size_t pending_plaintext() const override { return gnutls_record_check_pending(session_); }
   int error() const override { return error_; }
   const std::string& error_message() const override { return message_; }
@@ -244,7 +252,13 @@ private:
   }
 
   void use_psk(const TlsConfig& cfg) {
-    check(gnutls_priority_set_direct(session_, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", nullptr),
+    // A TLS 1.3 PSK binds the suite's hash to SHA-256, which rules out
+    // NORMAL's first suite (AES-256-GCM-SHA384) and leaves ChaCha20 ahead
+    // of AES-128-GCM, the fast one on CPUs with AES instructions (9x here):
+    // put ChaCha20 after it, as NORMAL already does for certificates.
+    check(gnutls_priority_set_direct(
+              session_, "NORMAL:-CHACHA20-POLY1305:+CHACHA20-POLY1305:+ECDHE-PSK:+DHE-PSK:+PSK",
+              nullptr),
           "gnutls_priority_set_direct");
     const std::string user = cfg.username.empty() ? login_name() : cfg.username;
     std::string key = lookup_psk(cfg.psk_file, user);

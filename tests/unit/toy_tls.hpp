@@ -69,6 +69,7 @@ public:
     out_->push_back('N');
   }
   std::size_t pending_plaintext() const override { return 0; }
+  std::string description() const override { return "toy (XOR)"; }
   int error() const override { return error_; }
   const std::string& error_message() const override { return message_; }
 
