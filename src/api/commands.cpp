@@ -163,7 +163,7 @@ bool Handle::Impl::command_completed(std::uint64_t cookie, int& err, std::string
     why = fmt::format("invalid cookie {}: unknown or already retired", cookie);
     return true;
   }
-  if (!engine.slot_done(slot)) return false;
+  if (!engine.slot_done(slot) || !records[slot].dispatched) return false;
   err = records[slot].final_error;
   if (err) why = "command failed";
   engine.retire(slot);
@@ -173,7 +173,7 @@ bool Handle::Impl::command_completed(std::uint64_t cookie, int& err, std::string
 void Handle::Impl::wait_command(Lock& lock, const char* fn, std::uint64_t cookie) {
   run_until(lock, fn, [&] {
     auto slot = engine.find(cookie);
-    return slot == proto::CookieMap::npos || engine.slot_done(slot);
+    return slot == proto::CookieMap::npos || (engine.slot_done(slot) && records[slot].dispatched);
   });
   int err = 0;
   std::string why;

@@ -168,6 +168,7 @@ void Handle::Impl::on_command_done(const proto::Event& e) {
   const std::uint64_t cookie = engine.slot_cookie(e.slot);
   int err = e.error ? e.error : rec.callback_error;
   rec.final_error = err;
+  rec.dispatched = true;
   // pread_initialize for a failed read (see queue_read); the transport has
   // quiesced or finished with the buffer.
   if (err && rec.zero_on_error && !rec.read_buf.empty())

@@ -34,6 +34,11 @@ struct CommandRecord {
   int callback_error = 0; // set by a chunk / extent callback returning -1
   int final_error = 0;    // what aio_command_completed reports
   bool zero_on_error = false; // pread_initialize: see Impl::queue_read
+  // The engine finished the command and its completion was dispatched.
+  // Until then it is not "completed" for aio_command_completed, even if
+  // the engine is done: its event, still queued behind the one being
+  // dispatched, must not find the slot retired and reused.
+  bool dispatched = false;
 
   void release_callbacks() {
     completion.reset();

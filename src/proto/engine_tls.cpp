@@ -4,9 +4,10 @@
 // the plaintext machinery of engine.cpp (plain_recv_target & co.).
 //
 // Receiving: ciphertext is lent to the session (feed) or lands in tls_in_
-// (recv_target / commit_recv); the session decrypts straight into the
-// plaintext receive target, which for read payloads is the caller's
-// buffer. Sending: queued plaintext (options, request headers, write
+// (recv_target / commit_recv); GnuTLS takes it into its record buffer,
+// decrypts it there and copies the plaintext into the plaintext receive
+// target, which for read payloads is the caller's buffer (no copy of ours
+// on top of GnuTLS's). Sending: queued plaintext (options, request headers, write
 // payloads) is encrypted into tls_out_next_ when the transport asks for
 // segments, in records of up to 16 KiB; tls_out_ is what the transport is
 // sending and never moves until it is drained.
@@ -126,13 +127,16 @@ void Engine::tls_pump_recv() {
 void Engine::tls_pump_send() {
   if (tls_ != Tls::on || tls_plain_left_ > 0) return;
   bool wrote = false;
-  while (tls_out_next_.size() < tls_out_max) {
+  // Corked, GnuTLS holds what it takes until flush(): count it too.
+  std::size_t taken_total = 0;
+  while (tls_out_next_.size() + taken_total < tls_out_max) {
     std::array<iovec, 64> iov;
     std::size_t n = plain_send_segments(iov);
     if (n == 0) break;
     std::size_t taken = 0;
-    for (std::size_t i = 0; i < n && tls_out_next_.size() < tls_out_max; ++i) {
-      std::size_t k = std::min(iov[i].iov_len, tls_out_max - tls_out_next_.size());
+    for (std::size_t i = 0; i < n && tls_out_next_.size() + taken_total + taken < tls_out_max; ++i) {
+      std::size_t k =
+          std::min(iov[i].iov_len, tls_out_max - tls_out_next_.size() - taken_total - taken);
       if (!tls_session_->write({static_cast<const std::uint8_t*>(iov[i].iov_base), k})) {
         die(tls_session_->error(), tls_session_->error_message());
         return;
@@ -143,6 +147,7 @@ void Engine::tls_pump_send() {
     }
     if (taken == 0) break;
     plain_commit_send(taken);
+    taken_total += taken;
   }
   if (wrote && !tls_session_->flush()) return die(tls_session_->error(), tls_session_->error_message());
   // NBD_CMD_DISC is encrypted: end the TLS session properly behind it.

@@ -121,7 +121,13 @@ public:
   }
 
   Status handshake() override {
-    int r = gnutls_handshake(session_);
+    int r;
+    do {
+      starved_ = false;
+      r = gnutls_handshake(session_);
+      // A non-fatal result (a warning alert) with ciphertext still queued
+      // is no reason to wait for more: nothing else would call again.
+    } while (r != GNUTLS_E_SUCCESS && !gnutls_error_is_fatal(r) && !starved_ && available() > 0);
     if (r == GNUTLS_E_SUCCESS) return done;
     if (!gnutls_error_is_fatal(r)) return again;
     error_ = EIO;
@@ -144,19 +150,22 @@ public:
   }
 
   std::ptrdiff_t read(std::span<std::uint8_t> out) override {
-    // Non-fatal conditions (a warning alert, a session ticket) leave the
-    // session usable: try again, a bounded number of times.
-    for (int tries = 0; tries < 16; ++tries) {
+    // GnuTLS answers GNUTLS_E_AGAIN also after a record that carried no
+    // data (a TLS 1.3 session ticket or key update, a warning alert):
+    // "more ciphertext needed" only if pull really ran dry. Every other
+    // round consumed a record, so this ends.
+    for (;;) {
+      starved_ = false;
+      const std::size_t before = available();
       ssize_t r = gnutls_record_recv(session_, out.data(), out.size());
       if (r >= 0) return r;
-      if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) return -1;
       if (gnutls_error_is_fatal(static_cast<int>(r))) {
         error_ = EIO;
         message_ = gnutls_message("TLS: receiving", static_cast<int>(r));
         return -2;
       }
+      if (starved_ || available() == before) return -1;
     }
-    return -1;
   }
 
   bool write(std::span<const std::uint8_t> data) override {
@@ -237,6 +246,7 @@ private:
       n += k;
     }
     if (n == 0) {
+      self->starved_ = true;
       gnutls_transport_set_errno(self->session_, EAGAIN);
       return -1;
     }
@@ -247,6 +257,7 @@ private:
   static int pull_timeout(gnutls_transport_ptr_t p, unsigned) {
     auto* self = static_cast<GnutlsSession*>(p);
     if (self->available() > 0) return 1;
+    self->starved_ = true;
     gnutls_transport_set_errno(self->session_, EAGAIN);
     return -1;
   }
@@ -322,6 +333,7 @@ private:
   std::size_t kept_pos_ = 0;
   std::span<const std::uint8_t> lent_;
   bool corked_ = false;
+  bool starved_ = false; // pull found no ciphertext since the last check
   int error_ = 0;
   std::string message_;
 };

@@ -181,6 +181,63 @@ TEST_CASE("cookies start at 1, increase, and a rejected call spends none") {
   drain(h);
 }
 
+TEST_CASE("a command is not completed for aio_command_completed before its own callback ran") {
+  // Replies arrive in batches: while one command's completion callback
+  // runs, the next one may be done in the engine with its callback still
+  // queued. Asking for it from the first callback must say "not yet" (and
+  // leave its slot alone), never "done" before its callback ran.
+  nbd::Handle h;
+  nbdtest::connect(h, {"--filter=error", "pattern", "16M", "error-pread=EIO",
+                       "error-pread-rate=0.5"});
+  constexpr int n = 64;
+  std::vector<std::vector<std::uint8_t>> bufs(n, std::vector<std::uint8_t>(512));
+  std::vector<std::uint64_t> cookies(n);
+  std::vector<int> calls(n, 0), errors(n, 0);
+  int early = 0, retired_by_peer = 0, wrong_result = 0;
+  std::vector<bool> retired(n, false);
+  for (int i = 0; i < n; ++i) {
+    cookies[i] = h.aio_pread(bufs[i], static_cast<std::uint64_t>(i) * 4096, [&, i](int* err) {
+      ++calls[i];
+      errors[i] = *err;
+      if (i % 2 == 0 && !retired[i + 1]) {
+        const int j = i + 1;
+        try {
+          if (h.aio_command_completed(cookies[j])) {
+            retired[j] = true;
+            ++retired_by_peer;
+            if (calls[j] == 0) ++early; // "done" before its callback ran
+          }
+        } catch (const nbd::Error& e) {
+          // A failed peer reports its errno: it must be the one its
+          // callback saw, so the callback ran first.
+          retired[j] = true;
+          ++retired_by_peer;
+          if (calls[j] == 0) ++early;
+          else if (e.errnum() != errors[j]) ++wrong_result;
+        }
+      }
+      return 0;
+    });
+  }
+  while (h.aio_in_flight() > 0) h.poll(-1);
+  for (int i = 0; i < n; ++i) {
+    CAPTURE(i);
+    CHECK(calls[i] == 1);
+    if (!retired[i]) {
+      int reported = -1;
+      try {
+        reported = h.aio_command_completed(cookies[i]) ? 0 : -1;
+      } catch (const nbd::Error& e) {
+        reported = e.errnum();
+      }
+      CHECK(reported == errors[i]);
+    }
+  }
+  CHECK(early == 0);
+  CHECK(wrong_result == 0);
+  MESSAGE(retired_by_peer << " of " << n / 2 << " peers were done when asked");
+}
+
 TEST_CASE("aio_peek_command_completed") {
   nbd::Handle h;
   nbdtest::connect(h, {"memory", "1M"});
