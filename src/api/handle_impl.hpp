@@ -161,6 +161,8 @@ struct Handle::Impl {
   // --- options ----------------------------------------------------------------
   void start_option(const char* fn, OptionRecord rec);
   void wait_option(Lock& lock);
+  /// wait_option for the yes/no options: false when the server refused.
+  bool wait_option_answer(Lock& lock);
 
   void debug_log(std::string_view context, std::string_view msg);
 };

@@ -185,48 +185,36 @@ int Handle::opt_set_meta_context_queries(const std::vector<std::string>& queries
   return impl_->option.count;
 }
 
-namespace {
-
-// STRUCTURED_REPLY and EXTENDED_HEADERS: a refusal is an answer (false),
-// not an error; anything else that goes wrong still throws.
-bool refused(int err) { return err == ENOTSUP || err == EOPNOTSUPP || err == EPERM || err == EINVAL; }
-
-} // namespace
+bool Handle::Impl::wait_option_answer(Lock& lock) {
+  // STRUCTURED_REPLY, EXTENDED_HEADERS and STARTTLS: a refusal is an
+  // answer (false), not an error; anything else that goes wrong throws.
+  try {
+    wait_option(lock);
+  } catch (const Error& e) {
+    const int err = e.errnum();
+    const bool refused = err == ENOTSUP || err == EOPNOTSUPP || err == EPERM || err == EINVAL;
+    if (is_negotiating() && refused) return false;
+    throw;
+  }
+  return true;
+}
 
 bool Handle::opt_structured_reply() {
   NBD_LOCK;
   aio_opt_structured_reply();
-  try {
-    impl_->wait_option(lock);
-  } catch (const Error& e) {
-    if (impl_->is_negotiating() && refused(e.errnum())) return false;
-    throw;
-  }
-  return impl_->engine.structured_replies();
+  return impl_->wait_option_answer(lock) && impl_->engine.structured_replies();
 }
 
 bool Handle::opt_starttls() {
   NBD_LOCK;
   aio_opt_starttls();
-  try {
-    impl_->wait_option(lock);
-  } catch (const Error& e) {
-    if (impl_->is_negotiating() && refused(e.errnum())) return false;
-    throw;
-  }
-  return impl_->engine.tls_negotiated();
+  return impl_->wait_option_answer(lock) && impl_->engine.tls_negotiated();
 }
 
 bool Handle::opt_extended_headers() {
   NBD_LOCK;
   aio_opt_extended_headers();
-  try {
-    impl_->wait_option(lock);
-  } catch (const Error& e) {
-    if (impl_->is_negotiating() && refused(e.errnum())) return false;
-    throw;
-  }
-  return impl_->engine.extended_headers();
+  return impl_->wait_option_answer(lock) && impl_->engine.extended_headers();
 }
 
 } // namespace nbd
