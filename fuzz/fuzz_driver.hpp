@@ -399,4 +399,17 @@ private:
   volatile std::uint8_t sink_ = 0; // keeps the reads of sent bytes
 };
 
+/// The input framing every scripted target shares: [variant] [split seed]
+/// [server bytes...]. Run is built from the first two bytes and owns a
+/// Client named `client`; the rest is what the server says, then EOF.
+template <typename Run>
+int run_scripted(const std::uint8_t* data, std::size_t size) {
+  if (size < 2) return 0;
+  Run r(data[0], data[1]);
+  r.client.start();
+  r.client.feed({data + 2, size - 2});
+  r.client.finish();
+  return 0;
+}
+
 } // namespace nbdfuzz

@@ -151,10 +151,5 @@ struct Run {
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  if (size < 2) return 0;
-  Run r(data[0], data[1]);
-  r.client.start();
-  r.client.feed({data + 2, size - 2});
-  r.client.finish();
-  return 0;
+  return nbdfuzz::run_scripted<Run>(data, size);
 }

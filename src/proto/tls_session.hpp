@@ -48,8 +48,6 @@ public:
   virtual void close_notify() = 0;
   /// The protocol, key exchange and cipher agreed, for debug messages.
   virtual std::string description() const = 0;
-  /// Plaintext decrypted but not yet read.
-  virtual std::size_t pending_plaintext() const = 0;
 
   virtual int error() const = 0;
   virtual const std::string& error_message() const = 0;

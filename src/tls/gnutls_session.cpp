@@ -212,7 +212,6 @@ public:
     return s;
   }
 
-  std::size_t pending_plaintext() const override { return gnutls_record_check_pending(session_); }
   int error() const override { return error_; }
   const std::string& error_message() const override { return message_; }
 

@@ -68,7 +68,6 @@ public:
     out_->push_back('C');
     out_->push_back('N');
   }
-  std::size_t pending_plaintext() const override { return 0; }
   std::string description() const override { return "toy (XOR)"; }
   int error() const override { return error_; }
   const std::string& error_message() const override { return message_; }
