@@ -180,13 +180,14 @@ struct Options {
   double seconds = 1;
   bool random = true;
   bool write = false;
+  bool reply_batching = true; // nbdcpp's default; --no-reply-batching turns it off
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "nbdcpp-bench: %s\n"
                "usage: nbdcpp-bench [--engine nbdcpp|libnbd] [--transport uring|socket]\n"
-               "                    URI QD SIZE SECONDS rand|seq read|write\n",
+               "                    [--no-reply-batching] URI QD SIZE SECONDS rand|seq read|write\n",
                why);
   std::exit(2);
 }
@@ -216,6 +217,8 @@ Options parse(int argc, char** argv) {
       o.engine = a.substr(9);
     } else if (a.starts_with("--transport=")) {
       o.transport = a.substr(12);
+    } else if (a == "--no-reply-batching") {
+      o.reply_batching = false;
     } else if (a == "--help" || a == "-h") {
       usage("help");
     } else {
@@ -391,6 +394,7 @@ Result run_nbdcpp(const Options& o) {
   // The URI comes from whoever runs the bench, so it may name local files
   // (nbds+unix://...&tls-psk-file=KEYS or tls-certificates=DIR).
   e.h.set_uri_allow_local_file(true);
+  e.h.set_reply_batching(o.reply_batching);
   e.h.connect_uri(o.uri);
   if (e.h.get_transport_name() != (o.transport == "socket" ? "socket" : "io_uring")) {
     std::fprintf(stderr, "nbdcpp-bench: got transport %s\n", e.h.get_transport_name().c_str());

@@ -220,6 +220,17 @@ public:
   /// "io_uring", "socket", or "" before a connection exists. Any state.
   /// nbdcpp only.
   std::string get_transport_name() const;
+  /// Reply batching (default on; io_uring only, kernel 5.17+). With 8 or
+  /// more commands in flight the receive waits a short time, 0.75 us per
+  /// command in flight and at most 50 us, before it takes whatever replies
+  /// have arrived, instead of waking for each one. At deep queues this
+  /// costs a third less CPU per command for the same throughput; a single
+  /// reply may complete up to 50 us later. Turn it off when each reply's
+  /// latency matters more than CPU. Any state, takes effect with the next
+  /// receive. nbdcpp only.
+  void set_reply_batching(bool on);
+  /// Any state. nbdcpp only.
+  bool get_reply_batching() const;
   /// Whether to use TLS: TLS_DISABLE (the default), TLS_ALLOW (use it if
   /// the server agrees to NBD_OPT_STARTTLS, else carry on in plaintext) or
   /// TLS_REQUIRE (fail rather than speak plaintext; nbds:// URIs set it).

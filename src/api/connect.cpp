@@ -55,6 +55,7 @@ void Handle::Impl::start_connect(const char* fn, transport::Connector c) {
 void Handle::Impl::start_engine(transport::UniqueFd fd) {
   try {
     transport = transport::make_transport(std::move(fd), engine, transport_preference(transport_kind));
+    transport->set_reply_batching(reply_batching);
   } catch (const Error& e) {
     connect_error(e.errnum(), e.what());
     throw;

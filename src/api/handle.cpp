@@ -285,6 +285,15 @@ void Handle::set_transport(TransportKind kind) {
   NBD_SETTING("set_transport");
   impl_->transport_kind = kind;
 }
+void Handle::set_reply_batching(bool on) {
+  NBD_LOCK;
+  impl_->reply_batching = on;
+  if (impl_->transport) impl_->transport->set_reply_batching(on);
+}
+bool Handle::get_reply_batching() const {
+  NBD_LOCK;
+  return impl_->reply_batching;
+}
 std::string Handle::get_transport_name() const {
   NBD_LOCK;
   if (!impl_->transport) return "";

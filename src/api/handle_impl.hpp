@@ -75,6 +75,7 @@ struct Handle::Impl {
   std::string handle_name;
   std::uintptr_t private_data = 0;
   TransportKind transport_kind = TransportKind::automatic;
+  bool reply_batching = true;
   int tls = TLS_DISABLE;
   tls::TlsConfig tls_config;     // hostname: set_tls_hostname only
   std::string tcp_host;          // the host of connect_tcp / nbd[s]://

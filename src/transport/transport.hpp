@@ -33,6 +33,7 @@ struct Stats {
   std::uint64_t send_calls = 0; // sendmsg() / sendmsg SQEs completed
   std::uint64_t staged_bytes = 0; // received via the staging buffer (copied once)
   std::uint64_t direct_bytes = 0; // received straight into the engine's target
+  std::uint64_t batched_recvs = 0; // receives started behind a batching timer
 };
 
 class Transport {
@@ -71,6 +72,9 @@ public:
   /// and committed. Afterwards every byte the engine counts as unsent really
   /// is unsent. The socket transport never holds a send between calls.
   virtual void settle_send() {}
+  /// Whether a receive may wait a little for more replies when many
+  /// commands are in flight (io_uring only; see Handle::set_reply_batching).
+  virtual void set_reply_batching(bool) {}
   /// Stops all I/O for good: on return no kernel operation references the
   /// engine's or the caller's buffers. Call it before completing commands
   /// on close or death (callers may free buffers in their callbacks).

@@ -145,6 +145,19 @@ TEST_CASE("random reads and writes, 64 in flight, against a shadow copy") {
   random_io(h, 64 * mib, 1500, 64, 0x6e6264u, false);
 }
 
+TEST_CASE("reply batching: on by default, switchable while connected, same data either way") {
+  nbd::Handle h;
+  CHECK(h.get_reply_batching());
+  h.set_reply_batching(false);
+  CHECK_FALSE(h.get_reply_batching());
+  nbdtest::connect(h, {"memory", "64M"});
+  random_io(h, 64 * mib, 400, 64, 0x626174u, false);
+  h.set_reply_batching(true); // takes effect with the next receive
+  CHECK(h.get_reply_batching());
+  h.zero(64 * mib, 0); // random_io's shadow starts all zero
+  random_io(h, 64 * mib, 400, 64, 0x636874u, false);
+}
+
 TEST_CASE("random structured reads and writes, 64 in flight") {
   nbd::Handle h;
   nbdtest::connect(h, {"memory", "64M"});

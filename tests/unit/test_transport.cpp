@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +33,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -59,6 +61,17 @@ std::uint8_t pattern(std::uint64_t offset) {
 bool write_all(int fd, const std::uint8_t* p, std::size_t n) {
   while (n > 0) {
     ssize_t r = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+bool recv_all(int fd, std::uint8_t* p, std::size_t n) {
+  while (n > 0) {
+    ssize_t r = ::recv(fd, p, n, 0);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
     p += r;
@@ -312,12 +325,7 @@ TEST_CASE("transport: a peer closing mid-reply kills the engine") {
         auto g = oldstyle_greeting(export_size);
         write_all(fd, g.data(), g.size());
         std::uint8_t req[wire::request_size];
-        std::size_t got = 0;
-        while (got < sizeof req) {
-          ssize_t r = ::recv(fd, req + got, sizeof req - got, 0);
-          if (r <= 0) return;
-          got += static_cast<std::size_t>(r);
-        }
+        if (!recv_all(fd, req, sizeof req)) return;
         auto rq = wire::decode_request(req, false);
         std::vector<std::uint8_t> out(wire::simple_reply_size + 100000, 0x55);
         wire::encode_simple_reply(out, 0, rq->cookie);
@@ -351,12 +359,7 @@ TEST_CASE("transport: quiesce with I/O in flight") {
       auto g = oldstyle_greeting(export_size);
       write_all(fd, g.data(), g.size());
       std::uint8_t req[2 * wire::request_size];
-      std::size_t got = 0;
-      while (got < sizeof req) {
-        ssize_t r = ::recv(fd, req + got, sizeof req - got, 0);
-        if (r <= 0) return;
-        got += static_cast<std::size_t>(r);
-      }
+      if (!recv_all(fd, req, sizeof req)) return;
       // Start the reply to the big read, then stall: the client is left
       // receiving straight into the caller's buffer.
       auto rq = wire::decode_request(wire::Bytes(req).subspan(wire::request_size), false);
@@ -443,6 +446,93 @@ TEST_CASE("transport: io_uring batches flushed requests into one submission") {
     return true;
   });
   for (std::size_t i = 0; i < bufs.size(); ++i) CHECK(matches(bufs[i], i * 4096));
+}
+
+// Reply batching needs IORING_FEAT_CQE_SKIP (5.17).
+bool kernel_at_least(int major, int minor) {
+  utsname u{};
+  int ma = 0, mi = 0;
+  if (::uname(&u) != 0 || std::sscanf(u.release, "%d.%d", &ma, &mi) != 2) return false;
+  return ma > major || (ma == major && mi >= minor);
+}
+
+TEST_CASE("transport: io_uring reply batching waits behind a timer only with 8+ in flight") {
+  if (!kernel_at_least(5, 17)) {
+    MESSAGE("kernel older than 5.17: no reply batching, case skipped");
+    return;
+  }
+  for (Drive how : {Drive::wait, Drive::event_loop}) {
+    CAPTURE(name(how));
+    Fixture f(Kind::uring);
+    if (!f.t) return;
+    f.handshake(how);
+    auto read_all = [&](std::size_t n) {
+      std::vector<std::vector<std::uint8_t>> bufs(n, std::vector<std::uint8_t>(4096));
+      std::vector<std::uint32_t> slots;
+      for (std::size_t i = 0; i < n; ++i) slots.push_back(f.read(bufs[i], (i * 13 % 500) * 4096));
+      f.t->flush();
+      drive_until(*f.t, how, [&] {
+        return std::all_of(slots.begin(), slots.end(), [&](std::uint32_t s) { return f.engine.slot_done(s); });
+      });
+      std::size_t good = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        good += f.engine.slot_error(slots[i]) == 0 && matches(bufs[i], (i * 13 % 500) * 4096);
+        f.engine.retire(slots[i]);
+      }
+      f.engine.clear_events();
+      return good;
+    };
+    CHECK(read_all(4) == 4);
+    CHECK(f.t->stats().batched_recvs == 0); // few in flight: no timer
+    CHECK(read_all(64) == 64);
+    const auto batched = f.t->stats().batched_recvs;
+    CHECK(batched > 0);
+    f.t->set_reply_batching(false);
+    CHECK(read_all(64) == 64);
+    CHECK(f.t->stats().batched_recvs == batched);
+    f.t->set_reply_batching(true);
+    CHECK(read_all(64) == 64);
+    CHECK(f.t->stats().batched_recvs > batched);
+  }
+}
+
+TEST_CASE("transport: quiesce while a receive waits behind its batching timer") {
+  for (bool submitted : {false, true}) {
+    CAPTURE(submitted);
+    std::atomic<bool> done{false};
+    Fixture f(Kind::uring, [&](int fd) { // answers the first read only
+      auto g = oldstyle_greeting(export_size);
+      write_all(fd, g.data(), g.size());
+      std::uint8_t req[wire::request_size];
+      if (!recv_all(fd, req, sizeof req)) return;
+      auto rq = wire::decode_request(wire::Bytes(req), false);
+      std::vector<std::uint8_t> out(wire::simple_reply_size + rq->length);
+      wire::encode_simple_reply(out, 0, rq->cookie);
+      for (std::uint64_t i = 0; i < rq->length; ++i) out[wire::simple_reply_size + i] = pattern(rq->offset + i);
+      write_all(fd, out.data(), out.size());
+      std::uint8_t buf[4096];
+      while (!done && ::recv(fd, buf, sizeof buf, 0) > 0) {
+      }
+    });
+    if (!f.t) return;
+    f.handshake(Drive::wait);
+    std::vector<std::vector<std::uint8_t>> bufs(64, std::vector<std::uint8_t>(4096, 0xaa));
+    std::vector<std::uint32_t> slots;
+    for (std::size_t i = 0; i < bufs.size(); ++i) slots.push_back(f.read(bufs[i], i * 4096));
+    f.t->flush();
+    // The receive armed before anything was in flight takes the first
+    // reply; the next one, with 63 in flight, waits behind a timer.
+    drive_until(*f.t, Drive::wait, [&] { return f.engine.slot_done(slots[0]); });
+    CHECK(matches(bufs[0], 0));
+    if (kernel_at_least(5, 17)) CHECK(f.t->stats().batched_recvs == 1);
+    if (submitted) f.t->notify_write(); // else the timer and receive are still in the SQ
+    f.t->quiesce(); // cancels the timer, and with it the receive
+    CHECK(f.t->direction() == 0);
+    f.engine.die(ENOTCONN, "closed");
+    for (std::uint32_t s : slots) CHECK(f.engine.slot_done(s));
+    done = true;
+    for (std::size_t i = 1; i < bufs.size(); ++i) CHECK(std::count(bufs[i].begin(), bufs[i].end(), 0xaa) == 4096);
+  }
 }
 
 TEST_CASE("transport: several threads take turns driving one connection") {
