@@ -12,6 +12,7 @@
 // quiesce() shuts the socket down, cancels, and reaps every CQE.
 
 #include "transport/poll_wait.hpp"
+#include "transport/reply_batching.hpp"
 #include "transport/transport.hpp"
 
 #include <nbdcpp/error.hpp>
@@ -25,6 +26,7 @@
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <utility>
 
 namespace nbd::transport {
 
@@ -47,12 +49,6 @@ constexpr std::size_t staging_size_large = 4096;
 constexpr std::size_t pair_send_max = 16 * 1024;
 constexpr std::uint64_t pair_bytes_max = 128 * 1024;
 constexpr std::size_t pair_commands_max = 64;
-// Reply batching (see arm_batch_delay()): with at least this many commands
-// in flight, a staging receive starts after a timer of batch_ns_per_command
-// for each of them, at most batch_max_ns.
-constexpr std::size_t batch_min_in_flight = 8;
-constexpr long batch_ns_per_command = 750;
-constexpr long batch_max_ns = 50'000;
 // 64 queued writes need 128 iovecs; the kernel allows 1024 (UIO_MAXIOV).
 constexpr std::size_t max_iov = 256;
 // An SQE's length is 32 bits.
@@ -86,7 +82,7 @@ public:
     unix_socket_ = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &sslen) == 0 &&
                    ss.ss_family == AF_UNIX;
     can_batch_ = (features_ & IORING_FEAT_CQE_SKIP) != 0; // 5.17
-    batching_ = can_batch_;
+    batching_.set_enabled(can_batch_);
     if (io_uring_register_files(&ring_, &sock, 1) == 0) {
       file_ = 0; // index in the registered file table
       sqe_flags_ = IOSQE_FIXED_FILE;
@@ -173,7 +169,7 @@ public:
     }
   }
 
-  void set_reply_batching(bool on) override { batching_ = on && can_batch_; }
+  void set_reply_batching(bool on) override { batching_.set_enabled(on && can_batch_); }
 
   void settle_send() override {
     if (stopped_ || send_op_ != Op::sendmsg) return;
@@ -363,24 +359,18 @@ private:
     io_uring_sqe_set_data64(sqe, tag_recv);
   }
 
-  // On a busy connection every reply the server writes wakes the receive
-  // waiting for it, and the client spends a wakeup, a receive and a system
-  // call on each (or two: nbdkit writes header and data separately), while
-  // running alongside the server for the CPUs. With many commands in flight
-  // nobody waits for any one reply, so the receive is linked behind a short
-  // timer instead and takes a batch: fewer wakeups, receives and
-  // submissions per reply, the same bytes. The timer grows with the queue
-  // (0.75 us a command: a batch of 5 at QD 16 against nbdkit null, 10 at
-  // QD 64) and a reply is never held up more than batch_max_ns. Measured
-  // in docs/performance.md: a third less CPU per command at QD 16 and 64.
-  // Returns whether it queued the timer.
+  // Queues the timer a staging receive is linked behind when ReplyBatching
+  // says so; returns whether it did.
   bool arm_batch_delay() {
-    const std::size_t n = engine_.in_flight();
-    if (!batching_ || n < batch_min_in_flight || engine_.phase() != proto::Phase::transmission)
-      return false;
+    // With TLS, decrypting costs a reply more than the wakeups batching
+    // saves: bench/compare measured no CPU gained and throughput lost.
+    if (engine_.phase() != proto::Phase::transmission || engine_.tls_negotiated()) return false;
+    const long ns =
+        batching_.delay_ns(engine_.in_flight(), engine_.read_bytes_in_flight(), staging_size);
+    if (ns == 0) return false;
     io_uring_sqe* sqe = get_sqe();
     batch_ts_.tv_sec = 0;
-    batch_ts_.tv_nsec = std::min(batch_max_ns, batch_ns_per_command * static_cast<long>(n));
+    batch_ts_.tv_nsec = ns;
     // ETIME_SUCCESS: the timer expiring does not cancel the receive linked
     // to it. If the timer fails (cancelled by quiesce() or by the exit of
     // the thread that submitted it) the receive ends with -ECANCELED. Not
@@ -391,6 +381,7 @@ private:
     io_uring_sqe_set_data64(sqe, tag_delay);
     batch_armed_ = true;
     batch_in_sq_ = true;
+    batch_chunks_at_arm_ = engine_.chunks_received();
     ++stats_.batched_recvs;
     return true;
   }
@@ -515,7 +506,10 @@ private:
     case tag_delay:
       // -EINVAL: a kernel without ETIME_SUCCESS (its receive was cancelled
       // and is re-armed); batch no more.
-      if (cqe.res == -EINVAL) batching_ = can_batch_ = false;
+      if (cqe.res == -EINVAL) {
+        can_batch_ = false;
+        batching_.set_enabled(false);
+      }
       break;
     default: break; // cancels: the cancelled op reports on its own
     }
@@ -524,7 +518,7 @@ private:
   void on_recv(int res, unsigned flags) {
     const Op op = recv_op_;
     recv_op_ = Op::none;
-    batch_armed_ = false;
+    const bool batched = std::exchange(batch_armed_, false);
     ++stats_.recv_calls;
     if (stopped_ || !is_live(engine_)) return; // the bytes go nowhere
     if (res > 0) {
@@ -539,6 +533,7 @@ private:
         stage_begin_ = 0;
         stage_end_ = got;
         drain_staging();
+        if (batched) batching_.on_batch(engine_.chunks_received() - batch_chunks_at_arm_);
       }
       return;
     }
@@ -619,7 +614,8 @@ private:
   std::size_t send_in_sq_bytes_ = 0;
   unsigned features_ = 0;       // IORING_FEAT_*
   bool can_batch_ = false;      // the kernel has what arm_batch_delay() needs
-  bool batching_ = false;       // and the handle wants it
+  ReplyBatching batching_;
+  std::uint64_t batch_chunks_at_arm_ = 0; // the engine's count when the timer was armed
   bool batch_armed_ = false;    // a receive is linked behind the timer
   bool batch_in_sq_ = false;    // that timer is prepared, not yet submitted
   __kernel_timespec batch_ts_{}; // read by the kernel at submission
