@@ -26,7 +26,6 @@
 #include <array>
 #include <cerrno>
 #include <chrono>
-#include <utility>
 
 namespace nbd::transport {
 
@@ -339,6 +338,7 @@ private:
     if (t.empty()) return;
     const bool direct = t.size() >= direct_threshold;
     const bool delayed = !direct && arm_batch_delay();
+    if (!direct) chunks_at_arm_ = engine_.chunks_received();
     io_uring_sqe* sqe = get_sqe();
     if (direct) {
       // The payload is wanted whole anyway: MSG_WAITALL saves a CQE and a
@@ -366,7 +366,7 @@ private:
     // saves: bench/compare measured no CPU gained and throughput lost.
     if (engine_.phase() != proto::Phase::transmission || engine_.tls_negotiated()) return false;
     const long ns =
-        batching_.delay_ns(engine_.in_flight(), engine_.read_bytes_in_flight(), staging_size);
+        batching_.arm(engine_.in_flight(), engine_.read_bytes_in_flight(), staging_size);
     if (ns == 0) return false;
     io_uring_sqe* sqe = get_sqe();
     batch_ts_.tv_sec = 0;
@@ -381,7 +381,6 @@ private:
     io_uring_sqe_set_data64(sqe, tag_delay);
     batch_armed_ = true;
     batch_in_sq_ = true;
-    batch_chunks_at_arm_ = engine_.chunks_received();
     ++stats_.batched_recvs;
     return true;
   }
@@ -518,7 +517,7 @@ private:
   void on_recv(int res, unsigned flags) {
     const Op op = recv_op_;
     recv_op_ = Op::none;
-    const bool batched = std::exchange(batch_armed_, false);
+    batch_armed_ = false;
     ++stats_.recv_calls;
     if (stopped_ || !is_live(engine_)) return; // the bytes go nowhere
     if (res > 0) {
@@ -533,7 +532,7 @@ private:
         stage_begin_ = 0;
         stage_end_ = got;
         drain_staging();
-        if (batched) batching_.on_batch(engine_.chunks_received() - batch_chunks_at_arm_);
+        batching_.received(engine_.chunks_received() - chunks_at_arm_);
       }
       return;
     }
@@ -615,7 +614,7 @@ private:
   unsigned features_ = 0;       // IORING_FEAT_*
   bool can_batch_ = false;      // the kernel has what arm_batch_delay() needs
   ReplyBatching batching_;
-  std::uint64_t batch_chunks_at_arm_ = 0; // the engine's count when the timer was armed
+  std::uint64_t chunks_at_arm_ = 0; // the engine's count when the staging receive was armed
   bool batch_armed_ = false;    // a receive is linked behind the timer
   bool batch_in_sq_ = false;    // that timer is prepared, not yet submitted
   __kernel_timespec batch_ts_{}; // read by the kernel at submission
