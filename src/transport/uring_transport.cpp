@@ -62,7 +62,6 @@ enum Tag : std::uint64_t {
   tag_delay, // the timer a batched receive is linked behind
 };
 
-
 bool is_live(const proto::Engine& e) {
   return e.phase() != proto::Phase::dead && e.phase() != proto::Phase::closed;
 }
@@ -80,7 +79,6 @@ public:
     socklen_t sslen = sizeof ss;
     unix_socket_ = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &sslen) == 0 &&
                    ss.ss_family == AF_UNIX;
-    can_batch_ = (features_ & IORING_FEAT_CQE_SKIP) != 0; // 5.17
     batching_.set_enabled(can_batch_);
     if (io_uring_register_files(&ring_, &sock, 1) == 0) {
       file_ = 0; // index in the registered file table
@@ -152,7 +150,8 @@ public:
       if (extra_fd < 0) {
         // A batching timer being submitted posts a CQE before the receive
         // behind it can: wait for both.
-        timed_out = submit_and_wait(timeout_ms, deadline, (pair_wait() ? 2 : 1) + (batch_in_sq_ ? 1 : 0));
+        const unsigned want = (pair_wait() ? 2 : 1) + (batch_in_sq_ ? 1 : 0);
+        timed_out = submit_and_wait(timeout_ms, deadline, want);
       } else {
         submit();
         std::array<pollfd, 2> fds{{{ring_.ring_fd, POLLIN, 0}, {extra_fd, POLLIN, 0}}};
@@ -250,7 +249,9 @@ private:
       if (r != -EINVAL) break;
     }
     if (r < 0) throw Error(-r, "io_uring_setup");
-    features_ = p.features;
+    // Reply batching needs IORING_TIMEOUT_ETIME_SUCCESS (5.16), which has
+    // no feature bit; FEAT_CQE_SKIP (5.17) stands in for it.
+    can_batch_ = (p.features & IORING_FEAT_CQE_SKIP) != 0;
     // EXT_ARG (5.11) makes a timed wait one syscall without timeout SQEs
     // whose CQEs we would have to filter; FAST_POLL (5.7) keeps socket
     // I/O off worker threads. Older kernels get the socket transport.
@@ -611,7 +612,6 @@ private:
   bool send_in_sq_ = false;     // the sendmsg is prepared, not yet submitted
   bool unix_socket_ = false;    // AF_UNIX (see pair_wait)
   std::size_t send_in_sq_bytes_ = 0;
-  unsigned features_ = 0;       // IORING_FEAT_*
   bool can_batch_ = false;      // the kernel has what arm_batch_delay() needs
   ReplyBatching batching_;
   std::uint64_t chunks_at_arm_ = 0; // the engine's count when the staging receive was armed
