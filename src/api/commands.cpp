@@ -147,8 +147,11 @@ void Handle::Impl::check_command(const char* fn, proto::CommandSpec& spec, std::
 std::uint64_t Handle::Impl::submit(const char* fn, const proto::CommandSpec& spec,
                                    CommandRecord rec) {
   (void)fn;
+  // Room for the record first: once the engine has the command it goes to
+  // the wire, and its completion needs the record. The engine hands out a
+  // free slot or the next new one.
+  if (records.size() <= engine.slot_count()) records.resize(engine.slot_count() + 1);
   std::uint32_t slot = engine.submit(spec);
-  if (records.size() <= slot) records.resize(slot + 1);
   rec.read_buf = spec.read_buf;
   rec.offset = spec.offset;
   records[slot] = std::move(rec);
@@ -224,7 +227,12 @@ std::uint64_t Handle::Impl::queue_read(const char* fn, proto::CommandSpec& spec,
     throw;
   }
   rec.zero_on_error = pread_initialize;
-  return submit(fn, spec, std::move(rec));
+  try {
+    return submit(fn, spec, std::move(rec));
+  } catch (...) {
+    zero(); // out of memory: not queued either
+    throw;
+  }
 }
 
 std::uint64_t Handle::aio_pread(std::span<std::uint8_t> buf, std::uint64_t offset,

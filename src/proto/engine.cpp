@@ -642,14 +642,18 @@ void Engine::opt_set_meta_context(const Settings& s, std::vector<std::string> qu
 // --- transmission: requests ---------------------------------------------------------
 
 std::uint32_t Engine::submit(const CommandSpec& c) {
-  std::uint32_t slot;
-  if (free_ != none) {
-    slot = free_;
-    free_ = slots_[slot].next;
-  } else {
-    slot = static_cast<std::uint32_t>(slots_.size());
-    slots_.emplace_back();
+  // Both allocations first, undone if the second fails: a submit that
+  // throws (bad_alloc) leaves the engine as it was.
+  const bool reuse = free_ != none;
+  const std::uint32_t slot = reuse ? free_ : static_cast<std::uint32_t>(slots_.size());
+  if (!reuse) slots_.emplace_back();
+  try {
+    cookies_.insert(next_cookie_, slot);
+  } catch (...) {
+    if (!reuse) slots_.pop_back();
+    throw;
   }
+  if (reuse) free_ = slots_[slot].next;
   Slot& s = slots_[slot];
   s.cookie = next_cookie_++;
   s.state = SlotState::queued;
@@ -671,7 +675,6 @@ std::uint32_t Engine::submit(const CommandSpec& c) {
   s.next = none;
   s.header_len = static_cast<std::uint8_t>(
       encode_request(s.header, {c.flags, c.type, s.cookie, c.offset, c.count}, extended_));
-  cookies_.insert(s.cookie, slot);
   if (send_tail_ == none)
     send_head_ = slot;
   else

@@ -158,8 +158,12 @@ public:
   void opt_starttls();
 
   // --- transmission ------------------------------------------------------------
-  /// Queues a command; returns its slot. The cookie is slot_cookie(slot).
+  /// Queues a command; returns its slot: a free one, or slot_count() when
+  /// none is free. The cookie is slot_cookie(slot). Throws only
+  /// std::bad_alloc, and then changes nothing.
   std::uint32_t submit(const CommandSpec& c);
+  /// Slots allocated so far (free or in use).
+  std::size_t slot_count() const { return slots_.size(); }
   std::uint64_t slot_cookie(std::uint32_t slot) const { return slots_[slot].cookie; }
   std::uint64_t next_cookie() const { return next_cookie_; }
   /// The slot of a cookie not yet retired, or CookieMap::npos.
