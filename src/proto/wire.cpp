@@ -1,25 +1,41 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "proto/wire.hpp"
 
+#include <algorithm>
+#include <cassert>
 #include <cerrno>
+#include <cstddef>
 
 namespace nbd::wire {
 
 namespace {
 
-void append_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
-  std::uint8_t b[4];
-  store32(b, 0, v);
-  out.insert(out.end(), b, b + 4);
-}
-void append_u16(std::vector<std::uint8_t>& out, std::uint16_t v) {
-  std::uint8_t b[2];
-  store16(b, 0, v);
-  out.insert(out.end(), b, b + 2);
-}
-void append_bytes(std::vector<std::uint8_t>& out, std::string_view s) {
-  out.insert(out.end(), s.begin(), s.end());
-}
+// Writes into a buffer sized exactly beforehand: one allocation, and no
+// inserts into a growing vector (which g++ 12 misreads as overflows).
+class Filler {
+public:
+  explicit Filler(std::size_t size) : out_(size) {}
+  void u32(std::uint32_t v) {
+    store32(out_, at_, v);
+    at_ += 4;
+  }
+  void u16(std::uint16_t v) {
+    store16(out_, at_, v);
+    at_ += 2;
+  }
+  void bytes(std::string_view s) {
+    std::copy(s.begin(), s.end(), out_.begin() + static_cast<std::ptrdiff_t>(at_));
+    at_ += s.size();
+  }
+  std::vector<std::uint8_t> done() {
+    assert(at_ == out_.size());
+    return std::move(out_);
+  }
+
+private:
+  std::vector<std::uint8_t> out_;
+  std::size_t at_ = 0;
+};
 std::string to_string(Bytes b) { return std::string(b.begin(), b.end()); }
 
 bool power_of_two(std::uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
@@ -57,25 +73,27 @@ std::vector<std::uint8_t> export_name_data(std::string_view name) {
 }
 
 std::vector<std::uint8_t> info_data(std::string_view name, std::span<const std::uint16_t> infos) {
-  std::vector<std::uint8_t> out;
-  append_u32(out, static_cast<std::uint32_t>(name.size()));
-  append_bytes(out, name);
-  append_u16(out, static_cast<std::uint16_t>(infos.size()));
-  for (auto i : infos) append_u16(out, i);
-  return out;
+  Filler f(4 + name.size() + 2 + 2 * infos.size());
+  f.u32(static_cast<std::uint32_t>(name.size()));
+  f.bytes(name);
+  f.u16(static_cast<std::uint16_t>(infos.size()));
+  for (auto i : infos) f.u16(i);
+  return f.done();
 }
 
 std::vector<std::uint8_t> meta_context_data(std::string_view name,
                                             std::span<const std::string> queries) {
-  std::vector<std::uint8_t> out;
-  append_u32(out, static_cast<std::uint32_t>(name.size()));
-  append_bytes(out, name);
-  append_u32(out, static_cast<std::uint32_t>(queries.size()));
+  std::size_t size = 4 + name.size() + 4;
+  for (const auto& q : queries) size += 4 + q.size();
+  Filler f(size);
+  f.u32(static_cast<std::uint32_t>(name.size()));
+  f.bytes(name);
+  f.u32(static_cast<std::uint32_t>(queries.size()));
   for (const auto& q : queries) {
-    append_u32(out, static_cast<std::uint32_t>(q.size()));
-    append_bytes(out, q);
+    f.u32(static_cast<std::uint32_t>(q.size()));
+    f.bytes(q);
   }
-  return out;
+  return f.done();
 }
 
 OptionReplyHeader decode_option_reply_header(Bytes b) {
