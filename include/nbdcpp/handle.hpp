@@ -228,9 +228,10 @@ public:
   /// 30 % less CPU per command at the same throughput; at QD 16, 20 % less
   /// CPU for 20 % fewer commands per second (docs/performance.md). It
   /// pauses by itself while waiting gathers few more replies than not
-  /// waiting would (qemu-nbd), and is not used with TLS. A reply may complete up to 50 us later: turn it off
-  /// when each reply's latency matters more than CPU. Any state; takes
-  /// effect with the next receive. nbdcpp only.
+  /// waiting would (qemu-nbd), and is not used with TLS. A reply may
+  /// complete up to 50 us later: turn it off when each reply's latency
+  /// matters more than CPU. Any state; takes effect with the next receive.
+  /// nbdcpp only.
   void set_reply_batching(bool on);
   /// Any state. nbdcpp only.
   bool get_reply_batching() const;
