@@ -49,8 +49,12 @@ public:
   static constexpr unsigned pause_receives = 256; // receives without waiting
 
   /// The handle's setting (Handle::set_reply_batching); also false for
-  /// good when the kernel lacks what the timer needs.
-  void set_enabled(bool on) { enabled_ = on; }
+  /// good when the kernel lacks what the timer needs. Switching it back on
+  /// starts afresh: what was learnt before may no longer hold.
+  void set_enabled(bool on) {
+    if (on && !enabled_) *this = ReplyBatching{};
+    enabled_ = on;
+  }
   bool enabled() const { return enabled_; }
 
   /// A staging receive is about to be armed: how long it should wait first,

@@ -105,3 +105,15 @@ TEST_CASE("reply batching: an empty batch (EOF, a partial reply) counts as short
   CHECK(b.paused());
   CHECK(n < 10);
 }
+
+TEST_CASE("reply batching: switching it back on starts afresh") {
+  ReplyBatching b;
+  while (!b.paused()) REQUIRE(receive16(b, 1));
+  b.set_enabled(true); // already on: changes nothing
+  CHECK(b.paused());
+  b.set_enabled(false);
+  CHECK(b.arm(16, 16 * small, staging) == 0);
+  b.set_enabled(true);
+  CHECK_FALSE(b.paused());
+  CHECK(receive16(b, 6));
+}

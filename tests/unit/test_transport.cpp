@@ -14,6 +14,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -114,9 +116,13 @@ public:
   }
 
   /// Reads requests and answers reads; stops after `max_requests` if set
-  /// (without answering that one), on EOF or on DISC.
+  /// (without answering that one), on EOF or on DISC. With `first_alone`,
+  /// the first reply of each write goes out on its own and the rest only
+  /// once the client has taken it, so the client's next receive is armed
+  /// with the others still in flight however the threads are scheduled.
   static void serve(int fd) { serve_n(fd, 0); }
-  static void serve_n(int fd, std::size_t max_requests) {
+  static void serve_first_alone(int fd) { serve_n(fd, 0, true); }
+  static void serve_n(int fd, std::size_t max_requests, bool first_alone = false) {
     auto g = oldstyle_greeting(export_size);
     if (!write_all(fd, g.data(), g.size())) return;
     std::vector<std::uint8_t> in;
@@ -129,6 +135,7 @@ public:
       if (r <= 0) return;
       in.insert(in.end(), buf, buf + r);
       std::size_t used = 0;
+      std::size_t first_end = 0;
       out.clear();
       while (in.size() - used >= wire::request_size) {
         auto req = wire::decode_request(wire::Bytes(in).subspan(used, wire::request_size), false);
@@ -143,9 +150,27 @@ public:
           out.resize(at + req->length);
           for (std::uint64_t i = 0; i < req->length; ++i) out[at + i] = pattern(req->offset + i);
         }
+        if (first_end == 0) first_end = out.size();
       }
       in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(used));
-      if (!write_all(fd, out.data(), out.size())) return;
+      std::size_t sent = 0;
+      if (first_alone && first_end > 0 && first_end < out.size()) {
+        if (!write_all(fd, out.data(), first_end) || !wait_until_taken(fd)) return;
+        sent = first_end;
+      }
+      if (!write_all(fd, out.data() + sent, out.size() - sent)) return;
+    }
+  }
+
+  /// Waits (up to 20 s) until the other end has read everything written.
+  static bool wait_until_taken(int fd) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    for (;;) {
+      int queued = 0;
+      if (::ioctl(fd, SIOCOUTQ, &queued) != 0) return false;
+      if (queued == 0) return true;
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
 
@@ -463,7 +488,7 @@ TEST_CASE("transport: io_uring reply batching waits behind a timer only with 8+ 
   }
   for (Drive how : {Drive::wait, Drive::event_loop}) {
     CAPTURE(name(how));
-    Fixture f(Kind::uring);
+    Fixture f(Kind::uring, Peer::serve_first_alone);
     if (!f.t) return;
     f.handshake(how);
     auto read_all = [&](std::size_t n) {
