@@ -664,7 +664,7 @@ Subprocess spawn_socket_activation(const std::vector<std::string>& argv) {
   return Subprocess{std::move(sock), pid};
 }
 
-int reap_subprocess(pid_t pid, bool terminate) {
+int reap_subprocess(pid_t pid, bool terminate, std::chrono::milliseconds grace) {
   if (pid <= 0)
     return -1;
   // The servers we start normally exit by themselves once their socket is
@@ -672,7 +672,8 @@ int reap_subprocess(pid_t pid, bool terminate) {
   // whose single connection ended), and giving them a moment lets them
   // flush and clean up. Socket-activated servers keep listening, so the
   // caller asks for SIGTERM up front (as libnbd does). Either way a stuck
-  // or misbehaving child must never hang the caller: after ~2 s, SIGKILL.
+  // or misbehaving child must never hang the caller: after `grace` (2 s for
+  // the handle), SIGKILL.
   if (terminate)
     ::kill(pid, SIGTERM);
 
@@ -687,7 +688,7 @@ int reap_subprocess(pid_t pid, bool terminate) {
   };
 
   using clock = std::chrono::steady_clock;
-  const auto deadline = clock::now() + std::chrono::seconds(2);
+  const auto deadline = clock::now() + grace;
   auto pause = std::chrono::milliseconds(1);
   for (;;) {
     pid_t r = wait_for(WNOHANG);

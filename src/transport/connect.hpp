@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -115,8 +116,9 @@ Subprocess spawn_socket_activation(const std::vector<std::string>& argv);
 
 /// Waits for a child started above, after its socket has been closed.
 /// If `terminate`, SIGTERM is sent first. Then polls with WNOHANG for up
-/// to about 2 seconds and finally SIGKILLs it, so this never hangs.
-/// Returns the waitpid status, or -1 if there was nothing to reap.
-int reap_subprocess(pid_t pid, bool terminate = false);
+/// to `grace` and finally SIGKILLs it, so this never hangs. Returns the
+/// waitpid status, or -1 if there was nothing to reap.
+int reap_subprocess(pid_t pid, bool terminate = false,
+                    std::chrono::milliseconds grace = std::chrono::seconds(2));
 
 } // namespace nbd::transport

@@ -32,7 +32,7 @@ truncate -s 1M "$tmp/disk"
 nbdkit -v --log=stderr -U "$tmp/sock" -P "$tmp/pid" -r --tls=require \
   --tls-psk="$tmp/keys.psk" file "$tmp/disk" 2> "$tmp/nbdkit.log"
 cleanup_hooks+=('kill "$(cat "$tmp/pid")"')
-for _ in $(seq 100); do [ -S "$tmp/sock" ] && [ -s "$tmp/pid" ] && break; sleep 0.05; done
+for _ in $(seq 600); do [ -S "$tmp/sock" ] && [ -s "$tmp/pid" ] && break; sleep 0.05; done
 [ -S "$tmp/sock" ] || fail "nbdkit did not start"
 
 discs=0
@@ -45,7 +45,7 @@ for t in "${transports[@]}"; do
   # shutdown() sent NBD_CMD_DISC through TLS: nbdkit logs it (it may log a
   # moment after the example exited).
   discs=$((discs + 1))
-  for _ in $(seq 40); do
+  for _ in $(seq 600); do
     [ "$(grep -c 'client sent NBD_CMD_DISC' "$tmp/nbdkit.log")" -ge "$discs" ] && break
     sleep 0.05
   done

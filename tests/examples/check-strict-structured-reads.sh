@@ -31,12 +31,11 @@ head -c 256K /dev/urandom >> "$tmp/disk"
 truncate -s 3M "$tmp/disk"
 for t in "${transports[@]}"; do
   sock=$tmp/q-$t.sock
-  qemu-nbd -f raw -r -k "$sock" "$tmp/disk" &
-  pid=$!
-  cleanup_hooks+=("kill $pid 2>/dev/null")
-  for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+  # --fork: returns once the server is listening (the socket file exists
+  # a moment before that). It exits after the example's one connection.
+  qemu-nbd -f raw -r -k "$sock" --fork --pid-file="$tmp/q-$t.pid" "$tmp/disk"
+  cleanup_hooks+=("pkill -F '$tmp/q-$t.pid' -x qemu-nbd")
   NBDCPP_TRANSPORT=$t bounded "$example" "$sock" > "$tmp/out"
-  wait "$pid" || true
   [ "$(field 'hole chunks' "$tmp/out")" -gt 0 ] || { cat "$tmp/out"; fail "$t: qemu-nbd sent no hole chunks"; }
   check "$t: qemu-nbd" "$tmp/out"
 done

@@ -20,6 +20,7 @@
 
 #include <nbdcpp/handle.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -228,9 +229,9 @@ std::uint64_t peak_rss();
 std::uint64_t current_rss();
 
 /// Counts completion callbacks and destructions of the callable; moved-from
-/// shells do not count.
+/// shells do not count. `calls` may be watched from another thread.
 struct Counter {
-  int calls = 0;
+  std::atomic<int> calls{0};
   int destroyed = 0;
   std::vector<int> errors;
 };

@@ -292,8 +292,12 @@ TEST_CASE("a server that stops reading while the client writes") {
       nbd::Handle h;
       sp.peer.connect(h);
       stall(h, bufs, k);
+      // The server resumes once shutdown() has abandoned the writes not on
+      // the wire (the last one among them), while it waits for the others.
       std::thread resume([&] {
-        std::this_thread::sleep_for(200ms);
+        const auto until = std::chrono::steady_clock::now() + 30s;
+        while (k.back().calls == 0 && std::chrono::steady_clock::now() < until)
+          std::this_thread::sleep_for(1ms);
         sp.release = 2;
       });
       h.shutdown(nbd::SHUTDOWN_ABANDON_PENDING);

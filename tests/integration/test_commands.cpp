@@ -377,11 +377,12 @@ TEST_CASE("shutdown(SHUTDOWN_ABANDON_PENDING) fails what was not sent") {
   constexpr int n = 16;
   {
     nbd::Handle h;
-    // One server thread that takes 20 ms per write: while it sleeps it
-    // reads nothing, so however fast the machine, the tail of the queue is
-    // still unsent when the shutdown comes.
+    // One server thread that takes 200 ms per write: while it sleeps it
+    // reads nothing, so however fast the machine (or slow: 16 writes take
+    // 3 s to go out), the tail of the queue is still unsent when the
+    // shutdown comes.
     nbdtest::connect(h, {"-t", "1", "--filter=log", "--filter=delay", "memory", "64M",
-                         "logfile=" + log, "delay-write=20ms"});
+                         "logfile=" + log, "delay-write=200ms"});
     // Big writes, so some are still unsent when the shutdown comes.
     auto data = filled(4 * mib, 2);
     for (int i = 0; i < n; ++i)

@@ -291,7 +291,9 @@ TEST_CASE("threads: shutdown racing commands queued from other threads") {
     });
   }
   go = true;
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Shut down while the threads are busy queueing (not before they start).
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (t.issued < 50 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
   try {
     h.shutdown();
   } catch (const nbd::Error&) {
