@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each stage's start, in seconds since this script began (CI's time limit).
+stage() { echo "=== [${SECONDS}s] $*"; }
+
+stage "install what is missing"
 bash tools/install-deps.sh
 
 setup() { # DIR [meson args...]
@@ -18,14 +22,17 @@ setup() { # DIR [meson args...]
   fi
 }
 
+stage "g++ build"
 setup build --werror
 ninja -C build
 
 # clang++ must build the whole tree warning-free as well.
+stage "clang++ build"
 CC=clang CXX=clang++ setup build-clang --werror
 ninja -C build-clang
 
 status=0
+stage "tests (g++ build)"
 meson test -C build --print-errorlogs --num-processes 2 || status=$?
 logs=(build/meson-logs/testlog.json)
 
@@ -39,6 +46,7 @@ export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
 # ASan+UBSan: the whole suite (unit, fuzz corpora, integration on both
 # transports, examples), with the stress test running 10 s instead of 1.
+stage "ASan+UBSan build and tests"
 setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbench=disabled -Ddocs=disabled
 ninja -C build-asan
 NBDCPP_STRESS_SECONDS=10 meson test -C build-asan --print-errorlogs --num-processes 2 \
@@ -48,6 +56,7 @@ logs+=(build-asan/meson-logs/testlog.json)
 # TSan: the tests named "threads: ..." (tests/integration/test_threads.cpp,
 # test_stress.cpp), in suite "threads", which only a TSan build registers.
 # Only what those tests need is built.
+stage "TSan build and tests"
 setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dexamples=disabled -Dbench=disabled \
   -Ddocs=disabled
 ninja -C build-tsan tests/integration/integration-tests
@@ -55,5 +64,6 @@ meson test -C build-tsan --no-rebuild --suite threads --print-errorlogs --num-pr
   || status=$?
 logs+=(build-tsan/meson-logs/testlog.json)
 
+stage "done"
 python3 tools/summarize-tests.py "${logs[@]}" || status=1
 exit $status
