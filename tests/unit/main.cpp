@@ -1,3 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
+
+int main(int argc, char** argv) {
+  doctest::Context ctx(argc, argv);
+  return ctx.run();
+}
