@@ -519,6 +519,57 @@ TEST_CASE("transport: io_uring reply batching waits behind a timer only with 8+ 
   }
 }
 
+TEST_CASE("transport: io_uring requests of a thread that exits are made again") {
+  // The kernel cancels a task's pending io_uring requests when it exits:
+  // with a handle shared by threads, the receive a thread armed before it
+  // ended completes with -ECANCELED, and whoever drives next must arm it
+  // again, not fail the connection.
+  for (Drive how : {Drive::wait, Drive::event_loop}) {
+    CAPTURE(name(how));
+    std::atomic<bool> answer{false};
+    Fixture f(Kind::uring, [&](int fd) { // answers one read when told to
+      auto g = oldstyle_greeting(export_size);
+      write_all(fd, g.data(), g.size());
+      std::uint8_t req[wire::request_size];
+      if (!recv_all(fd, req, sizeof req)) return;
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (!answer && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      auto rq = wire::decode_request(wire::Bytes(req), false);
+      std::vector<std::uint8_t> out(wire::simple_reply_size + rq->length);
+      wire::encode_simple_reply(out, 0, rq->cookie);
+      for (std::uint64_t i = 0; i < rq->length; ++i) out[wire::simple_reply_size + i] = pattern(rq->offset + i);
+      write_all(fd, out.data(), out.size());
+      std::uint8_t buf[4096];
+      while (::recv(fd, buf, sizeof buf, 0) > 0) {
+      }
+    });
+    if (!f.t) return;
+    f.handshake(how);
+    std::vector<std::uint8_t> buf(4096);
+    std::uint32_t slot = 0;
+    const auto sends = f.t->stats().send_calls;
+    std::thread([&] { // queues the read, sends it and arms the receive, then exits
+      slot = f.read(buf, 5 * 4096);
+      f.t->flush();
+      drive_until(*f.t, how, [&] { return f.t->stats().send_calls > sends; });
+    }).join();
+    // The receive's cancellation (if this kernel cancels) arrives with
+    // nothing in it; then the reply.
+    const auto recvs = f.t->stats().recv_calls;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (f.t->stats().recv_calls == recvs && std::chrono::steady_clock::now() < until)
+      step(*f.t, how);
+    if (f.t->stats().recv_calls == recvs) MESSAGE("the exiting thread's receive was not cancelled");
+    CHECK_FALSE(f.engine.slot_done(slot));
+    answer = true;
+    drive_until(*f.t, how, [&] { return f.engine.slot_done(slot); });
+    CHECK(f.engine.slot_error(slot) == 0);
+    CHECK(matches(buf, 5 * 4096));
+    CHECK(f.engine.phase() == proto::Phase::transmission);
+  }
+}
+
 TEST_CASE("transport: quiesce while a receive waits behind its batching timer") {
   for (bool submitted : {false, true}) {
     CAPTURE(submitted);
