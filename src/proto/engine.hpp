@@ -393,7 +393,7 @@ private:
   std::vector<std::uint8_t> tls_out_next_; // appended to behind it (see queue_out)
   std::size_t tls_out_sent_ = 0;
   bool tls_pumping_ = false;
-  bool tls_closing_ = false; // close_notify queued after NBD_CMD_DISC
+  bool tls_closing_ = false; // close_notify queued after NBD_CMD_DISC or NBD_OPT_ABORT
   std::size_t tls_plain_left_ = 0; // queued before STARTTLS's ACK: goes out in plaintext
 
   int death_errno_ = 0;

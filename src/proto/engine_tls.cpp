@@ -150,8 +150,12 @@ void Engine::tls_pump_send() {
     taken_total += taken;
   }
   if (wrote && !tls_session_->flush()) return die(tls_session_->error(), tls_session_->error_message());
-  // NBD_CMD_DISC is encrypted: end the TLS session properly behind it.
-  if (phase_ == Phase::disconnecting && disc_sent_ == disc_len_ && !tls_closing_) {
+  // The last thing we will say is encrypted (NBD_CMD_DISC, or NBD_OPT_ABORT
+  // in option mode): end the TLS session properly behind it, in the same
+  // batch of ciphertext.
+  const bool said_last = (phase_ == Phase::disconnecting && disc_sent_ == disc_len_) ||
+                         (step_ == Step::abort && wrote && plain_send_pending_bytes() == 0);
+  if (said_last && !tls_closing_) {
     tls_closing_ = true;
     tls_session_->close_notify();
   }

@@ -304,6 +304,38 @@ TEST_CASE("tls: opt_starttls forgets what was negotiated in plaintext") {
   CHECK(c.e.structured_replies());
 }
 
+TEST_CASE("tls: opt_abort under TLS ends the session with close_notify") {
+  for (bool server_acks : {true, false}) {
+    CAPTURE(server_acks);
+    Client c(0, true);
+    c.recv(srv::greeting(3));
+    c.e.opt_starttls();
+    c.recv(cat({srv::ack(w::opt_starttls), hello()}));
+    REQUIRE(c.e.tls_negotiated());
+    c.e.clear_events();
+    const std::size_t before = c.sent.size();
+    c.e.opt_abort();
+    c.send_all();
+    // NBD_OPT_ABORT encrypted, then the close_notify, in one batch.
+    Buf after(c.sent.begin() + static_cast<std::ptrdiff_t>(before), c.sent.end());
+    const Buf abort = cli::option(w::opt_abort);
+    REQUIRE(after.size() == abort.size() + 2);
+    CHECK(xored(Buf(after.begin(), after.end() - 2)) == abort);
+    CHECK(Buf(after.end() - 2, after.end()) == Buf{'C', 'N'});
+    // Whether the server acknowledges or just hangs up, that is the end.
+    if (server_acks)
+      c.recv(xored(srv::ack(w::opt_abort)));
+    else
+      c.e.on_eof();
+    CHECK(c.e.phase() == Phase::closed);
+    REQUIRE(c.e.events().size() == 1);
+    CHECK(c.e.events()[0].kind == Event::option_done);
+    CHECK(c.e.events()[0].error == 0);
+    c.send_all();
+    CHECK(c.sent.size() == before + after.size()); // nothing after it
+  }
+}
+
 TEST_CASE("tls: opt_starttls refused leaves the connection in plaintext") {
   Client c(0, true);
   c.recv(srv::greeting(3));
