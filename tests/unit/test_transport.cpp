@@ -179,6 +179,27 @@ private:
   std::thread thread_;
 };
 
+/// A peer script: greets, answers the first read only (once `release`, if
+/// given, holds; up to 20 s), then reads and drops whatever comes until EOF
+/// or `stop`.
+void answer_first_read(int fd, const std::atomic<bool>* release, const std::atomic<bool>* stop) {
+  auto g = oldstyle_greeting(export_size);
+  write_all(fd, g.data(), g.size());
+  std::uint8_t req[wire::request_size];
+  if (!recv_all(fd, req, sizeof req)) return;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (release && !*release && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto rq = wire::decode_request(wire::Bytes(req), false);
+  std::vector<std::uint8_t> out(wire::simple_reply_size + rq->length);
+  wire::encode_simple_reply(out, 0, rq->cookie);
+  for (std::uint64_t i = 0; i < rq->length; ++i) out[wire::simple_reply_size + i] = pattern(rq->offset + i);
+  write_all(fd, out.data(), out.size());
+  std::uint8_t buf[4096];
+  while (!(stop && *stop) && ::recv(fd, buf, sizeof buf, 0) > 0) {
+  }
+}
+
 std::unique_ptr<Transport> make(Kind kind, UniqueFd fd, proto::Engine& engine) {
   if (kind == Kind::socket) return transport::make_socket_transport(std::move(fd), engine);
   try {
@@ -527,23 +548,7 @@ TEST_CASE("transport: io_uring requests of a thread that exits are made again") 
   for (Drive how : {Drive::wait, Drive::event_loop}) {
     CAPTURE(name(how));
     std::atomic<bool> answer{false};
-    Fixture f(Kind::uring, [&](int fd) { // answers one read when told to
-      auto g = oldstyle_greeting(export_size);
-      write_all(fd, g.data(), g.size());
-      std::uint8_t req[wire::request_size];
-      if (!recv_all(fd, req, sizeof req)) return;
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-      while (!answer && std::chrono::steady_clock::now() < until)
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      auto rq = wire::decode_request(wire::Bytes(req), false);
-      std::vector<std::uint8_t> out(wire::simple_reply_size + rq->length);
-      wire::encode_simple_reply(out, 0, rq->cookie);
-      for (std::uint64_t i = 0; i < rq->length; ++i) out[wire::simple_reply_size + i] = pattern(rq->offset + i);
-      write_all(fd, out.data(), out.size());
-      std::uint8_t buf[4096];
-      while (::recv(fd, buf, sizeof buf, 0) > 0) {
-      }
-    });
+    Fixture f(Kind::uring, [&](int fd) { answer_first_read(fd, &answer, nullptr); });
     if (!f.t) return;
     f.handshake(how);
     std::vector<std::uint8_t> buf(4096);
@@ -574,20 +579,7 @@ TEST_CASE("transport: quiesce while a receive waits behind its batching timer") 
   for (bool submitted : {false, true}) {
     CAPTURE(submitted);
     std::atomic<bool> done{false};
-    Fixture f(Kind::uring, [&](int fd) { // answers the first read only
-      auto g = oldstyle_greeting(export_size);
-      write_all(fd, g.data(), g.size());
-      std::uint8_t req[wire::request_size];
-      if (!recv_all(fd, req, sizeof req)) return;
-      auto rq = wire::decode_request(wire::Bytes(req), false);
-      std::vector<std::uint8_t> out(wire::simple_reply_size + rq->length);
-      wire::encode_simple_reply(out, 0, rq->cookie);
-      for (std::uint64_t i = 0; i < rq->length; ++i) out[wire::simple_reply_size + i] = pattern(rq->offset + i);
-      write_all(fd, out.data(), out.size());
-      std::uint8_t buf[4096];
-      while (!done && ::recv(fd, buf, sizeof buf, 0) > 0) {
-      }
-    });
+    Fixture f(Kind::uring, [&](int fd) { answer_first_read(fd, nullptr, &done); });
     if (!f.t) return;
     f.handshake(Drive::wait);
     std::vector<std::vector<std::uint8_t>> bufs(64, std::vector<std::uint8_t>(4096, 0xaa));
